@@ -1,0 +1,39 @@
+#!/usr/bin/env node
+/**
+ * `npm start`: a server with state under ./var plus one local worker (--loop) for this machine's
+ * platform, in one terminal. For trying builder out and for development; deployments run
+ * builder-server and builder-worker as separate services.
+ */
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_SERVER_OPTIONS, startServer } from '../lib/server.js';
+import { DEFAULT_TEMPLATES_DIR, detectPlatform } from '../lib/platform.js';
+
+const listen = process.env.BUILDER_LISTEN ?? DEFAULT_SERVER_OPTIONS.listen;
+const stateDir = path.resolve(process.env.BUILDER_STATE_DIR ?? 'var');
+const platform = process.env.BUILDER_PLATFORM ?? detectPlatform();
+
+let server;
+try {
+  server = await startServer({ ...DEFAULT_SERVER_OPTIONS, listen, stateDir, templatesDir: DEFAULT_TEMPLATES_DIR });
+} catch (error) {
+  process.stderr.write(`builder: ${(error as Error).message}\n`);
+  process.exit(2);
+}
+const workerScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'builder-worker.js');
+const worker = spawn(process.execPath, [workerScript, platform, '--remote', server.address, '--loop'], { stdio: ['ignore', 'inherit', 'inherit'] });
+process.stderr.write(`\nbuilder is running: server on ${server.address}, state in ${stateDir}, one ${platform} worker.\n`
+  + `Try:  echo 'echo hello > hello.txt' > hello.sh\n      npx builder-client schedule hello ${platform} hello.sh --every 1d\n`
+  + '      npx builder-client observe-latest --job hello\nStop with Ctrl-C.\n\n');
+
+const stop = (): void => {
+  worker.kill('SIGTERM');
+  void server.close().then(() => process.exit(0));
+};
+process.once('SIGINT', stop);
+process.once('SIGTERM', stop);
+worker.on('exit', (code) => {
+  process.stderr.write(`builder: the local worker exited (${code}); stopping\n`);
+  void server.close().then(() => process.exit(1));
+});

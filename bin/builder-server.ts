@@ -1,0 +1,50 @@
+#!/usr/bin/env node
+/** builder-server: keeps jobs, schedules, queues and run history; workers and clients dial in. */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { DEFAULT_SERVER_OPTIONS, startServer } from '../lib/server.js';
+import { DEFAULT_TEMPLATES_DIR, defaultStateDir } from '../lib/platform.js';
+import { durationOption, usageError } from './args.js';
+
+const PROGRAM = 'builder-server';
+
+const argv = yargs(hideBin(process.argv))
+  .scriptName(PROGRAM)
+  .usage('$0 [options]\n\nRuns the builder server: SQLite state, schedules, per-platform queues, and the worker/client protocol.')
+  .option('listen', { type: 'string', default: DEFAULT_SERVER_OPTIONS.listen, describe: 'HOST:PORT to listen on' })
+  .option('state-dir', { type: 'string', describe: 'state directory (default ./var in a checkout, /var/lib/builder when installed)' })
+  .option('templates', { type: 'string', default: DEFAULT_TEMPLATES_DIR, describe: 'directory of job templates (TEMPLATE/PLATFORM.sh.hbs)' })
+  .option('job-timeout', { type: 'string', default: '1h', describe: 'default job timeout (30m, 2h, 1d, ...)' })
+  .option('heartbeat', { type: 'string', default: '10s', describe: 'how often running workers send heartbeats; 3 missed = worker lost' })
+  .option('max-frame-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxFrameBytes, describe: 'largest protocol frame accepted' })
+  .option('strict', { type: 'boolean', default: false, describe: 'fsync every commit (survives power loss, slower)' })
+  .strict()
+  .fail((message, error) => usageError(PROGRAM, error?.message ?? message))
+  .help()
+  .version(false)
+  .parseSync();
+
+const maxFrameBytes = argv['max-frame-bytes'];
+if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 1024) usageError(PROGRAM, '--max-frame-bytes must be an integer of at least 1024');
+
+try {
+  const server = await startServer({
+    ...DEFAULT_SERVER_OPTIONS,
+    listen: argv.listen,
+    stateDir: argv['state-dir'] ?? defaultStateDir(),
+    templatesDir: argv.templates,
+    jobTimeoutSeconds: durationOption(PROGRAM, 'job-timeout', argv['job-timeout']),
+    heartbeatSeconds: durationOption(PROGRAM, 'heartbeat', argv.heartbeat),
+    maxFrameBytes,
+    strict: argv.strict,
+  });
+  const stop = (signal: string): void => {
+    process.stderr.write(`${new Date().toISOString()} stopping signal=${signal}\n`);
+    server.close().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+} catch (error) {
+  process.stderr.write(`${PROGRAM}: ${(error as Error).message}\n`);
+  process.exit(2);
+}

@@ -1,0 +1,356 @@
+/**
+ * What each builder-client command does and prints. Human output is aligned text; `--json` output
+ * is documented in the README and stable: times are ISO 8601 strings in UTC, runs carry a `status`.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { SingleBar } from 'cli-progress';
+import { artifactParser } from '../protocol/artifacts.js';
+import type {
+  Artifact, ConsoleLine, Info, JobSource, Period, RunDetail, RunSummary, WorkerInfo,
+} from '../protocol/types.js';
+import { describeOutcome, isSuccess } from '../protocol/types.js';
+import { Client, ClientError, EXIT } from './client.js';
+import { describePeriod } from './period.js';
+
+export interface Output {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+export const stdio: Output = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+};
+
+// ---- formatting ----------------------------------------------------------------------------------
+
+const TIME_KEYS = new Set(['queuedAt', 'startedAt', 'finishedAt', 'nextDue', 'connectedAt', 'lastSeen']);
+
+/** JSON for scripts: timestamps become ISO 8601 strings, runs get a one-word `status`. */
+export function toJson(value: unknown): string {
+  return JSON.stringify(value, (key, v: unknown) => {
+    if (TIME_KEYS.has(key) && typeof v === 'number') return new Date(v).toISOString();
+    if (typeof v === 'object' && v !== null && 'uuid' in v && 'state' in v && 'outcome' in v && !('status' in v)) {
+      return { ...v, status: runStatus(v as RunSummary) };
+    }
+    return v;
+  }, 2);
+}
+
+/** queued | running | success | failed */
+export function runStatus(run: Pick<RunSummary, 'state' | 'outcome'>): string {
+  if (run.state !== 'finished') return run.state;
+  return isSuccess(run.outcome) ? 'success' : 'failed';
+}
+
+export function formatTime(ms: number | null): string {
+  if (ms === null) return '-';
+  return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
+}
+
+export function formatElapsed(ms: number): string {
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`;
+  const s = Math.round(ms / 1000);
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+function table(rows: string[][]): string {
+  if (rows.length === 0) return '';
+  const widths = (rows[0] as string[]).map((_, i) => Math.max(...rows.map((row) => (row[i] ?? '').length)));
+  return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+function describeSource(source: JobSource): string {
+  if (source.kind === 'script') return 'script';
+  const vars = Object.entries(source.vars).map(([key, value]) => `${key}=${value}`).join(' ');
+  return `template ${source.template}${vars ? ` ${vars}` : ''}`;
+}
+
+function runOutcome(run: RunSummary): string {
+  if (run.state === 'queued') return 'queued';
+  if (run.state === 'running') return 'running';
+  return describeOutcome(run.outcome);
+}
+
+function runDuration(run: RunSummary): string {
+  if (run.startedAt === null) return '-';
+  return formatElapsed((run.finishedAt ?? Date.now()) - run.startedAt);
+}
+
+/** One console line as observe and show print it: seconds since start, a stream marker, the text. */
+export function formatConsoleLine(line: ConsoleLine): string {
+  const marker = line.stream === 'out' ? '|' : line.stream === 'err' ? '!' : '#';
+  return `${(line.at / 1000).toFixed(3).padStart(9)} ${marker} ${line.text}\n`;
+}
+
+// ---- commands --------------------------------------------------------------------------------------
+
+export interface ScheduleArgs {
+  name: string;
+  platform: string;
+  source: JobSource;
+  period: Period;
+  replace: boolean;
+  timeoutSeconds: number | null;
+}
+
+/** schedule / schedule-template: prints the queued run's UUID on stdout, what happened on stderr. */
+export async function schedule(client: Client, args: ScheduleArgs, io: Output): Promise<number> {
+  const reply = await client.call({ type: 'schedule', ...args }, 'queued');
+  io.err(`${reply.message}\n`);
+  if (reply.uuid !== null) io.out(`${reply.uuid}\n`);
+  return EXIT.ok;
+}
+
+export async function execute(client: Client, name: string, io: Output): Promise<number> {
+  const reply = await client.call({ type: 'execute', name }, 'queued');
+  io.err(`${reply.message}\n`);
+  if (reply.uuid !== null) io.out(`${reply.uuid}\n`);
+  return EXIT.ok;
+}
+
+/** Commands whose answer is one sentence: unschedule, reschedule, drop/undrop, cancel. */
+export async function simple(client: Client, request: Parameters<Client['call']>[0], io: Output): Promise<number> {
+  const reply = await client.call(request, 'ok');
+  io.out(`${reply.message}\n`);
+  return EXIT.ok;
+}
+
+export async function info(client: Client, json: boolean, io: Output): Promise<number> {
+  const { info: data } = await client.call({ type: 'info' }, 'info-result');
+  io.out(json ? `${toJson(data)}\n` : formatInfo(data));
+  return EXIT.ok;
+}
+
+export function formatInfo(data: Info): string {
+  let text = `jobs (${data.jobs.length}):\n`;
+  const jobRows = [['  NAME', 'PLATFORM', 'SCHEDULE', 'NEXT DUE', 'RUNS']];
+  for (const job of data.jobs) jobRows.push([`  ${job.name}`, job.platform, describePeriod(job.period), formatTime(job.nextDue), describeSource(job.source)]);
+  text += data.jobs.length > 0 ? table(jobRows) : '  none\n';
+  const platforms = Object.keys(data.queues).sort();
+  text += `queues (${platforms.reduce((n, p) => n + (data.queues[p]?.length ?? 0), 0)} runs waiting):\n`;
+  if (platforms.length === 0) text += '  all empty\n';
+  for (const platform of platforms) {
+    text += `  ${platform}:\n`;
+    text += table((data.queues[platform] ?? []).map((entry, i) => [`    ${i + 1}.`, entry.job, entry.uuid, `queued ${formatTime(entry.queuedAt)}`]));
+  }
+  text += `running (${data.running.length}):\n`;
+  text += data.running.length > 0
+    ? table(data.running.map((run) => [`  ${run.job}`, run.uuid, run.platform, `on ${run.worker ?? '-'}`, `for ${runDuration(run)}`]))
+    : '  none\n';
+  text += `dropped platforms: ${data.dropped.length > 0 ? data.dropped.join(', ') : 'none'}\n`;
+  text += `workers connected: ${data.workers}\n`;
+  return text;
+}
+
+export async function results(client: Client, name: string, limit: number, json: boolean, io: Output): Promise<number> {
+  const { runs } = await client.call({ type: 'results', name, limit }, 'results-result');
+  if (json) io.out(`${toJson(runs)}\n`);
+  else if (runs.length === 0) io.out(`${name} has no runs\n`);
+  else {
+    io.out(table([['UUID', 'STATUS', 'QUEUED', 'STARTED', 'DURATION', 'PLATFORM', 'WORKER', 'OUTCOME'],
+      ...runs.map((run) => [run.uuid, runStatus(run), formatTime(run.queuedAt), formatTime(run.startedAt), runDuration(run),
+        run.platform, run.worker ?? '-', runOutcome(run)])]));
+  }
+  return EXIT.ok;
+}
+
+export async function workers(client: Client, json: boolean, io: Output): Promise<number> {
+  const { workers: list } = await client.call({ type: 'workers' }, 'workers-result');
+  if (json) io.out(`${toJson(list)}\n`);
+  else io.out(formatWorkers(list));
+  return EXIT.ok;
+}
+
+function formatWorkers(list: WorkerInfo[]): string {
+  if (list.length === 0) return 'no workers connected\n';
+  return table([['WORKER', 'PLATFORM', 'LABELS', 'HOST', 'ADDRESS', 'CONNECTED', 'LAST SEEN', 'RUN'],
+    ...list.map((w) => [w.id, w.platform, w.labels.join(',') || '-', w.hostname, w.address, formatTime(w.connectedAt), formatTime(w.lastSeen), w.run ?? 'idle'])]);
+}
+
+export interface ShowArgs {
+  uuid: string;
+  script: boolean;
+  console: boolean;
+  json: boolean;
+}
+
+export async function show(client: Client, args: ShowArgs, io: Output): Promise<number> {
+  const { run } = await client.call({ type: 'show', uuid: args.uuid }, 'show-result');
+  if (args.json && !args.script && !args.console) {
+    io.out(`${toJson(run)}\n`);
+    return EXIT.ok;
+  }
+  if (!args.script && !args.console) io.out(formatRun(run));
+  if (args.script) {
+    if (run.script === null) throw new ClientError(`run ${run.uuid} has no script yet: it is rendered when the run is dispatched`, EXIT.server);
+    io.out(run.script.endsWith('\n') || run.script === '' ? run.script : `${run.script}\n`);
+  }
+  if (args.console) {
+    const id = client.send({ type: 'observe', uuid: args.uuid });
+    for (;;) {
+      const message = await client.receive(id);
+      if (message.type === 'console') for (const line of message.lines) io.out(formatConsoleLine(line));
+      if (message.type === 'run-end' || (message.type === 'observing' && message.run.state !== 'finished')) break;
+    }
+  }
+  return EXIT.ok;
+}
+
+function formatRun(run: RunDetail): string {
+  const rows = [
+    ['run', run.uuid], ['job', run.job], ['platform', run.platform], ['status', runStatus(run)],
+    ['outcome', runOutcome(run)], ['worker', run.worker ?? '-'], ['queued', formatTime(run.queuedAt)],
+    ['started', formatTime(run.startedAt)], ['finished', formatTime(run.finishedAt)], ['duration', runDuration(run)],
+    ['source', run.source === null ? '-' : describeSource(run.source)], ['console', `${run.consoleLines} lines`],
+    ['artifacts', String(run.artifacts.length)],
+  ];
+  let text = table(rows.map(([key, value]) => [`${key}:`, value ?? '']));
+  for (const artifact of run.artifacts) text += `  ${artifact.sha256}  ${String(artifact.size).padStart(10)}  ${artifact.path}\n`;
+  return text;
+}
+
+export interface ObserveArgs {
+  uuid?: string;
+  job?: string | null;
+  platform?: string | null;
+  raw: boolean;
+}
+
+/**
+ * observe / observe-latest: replays the console, follows it live, then prints the outcome.
+ * Exit 0 if the run succeeded, 3 if it failed in any way.
+ */
+export async function observe(client: Client, args: ObserveArgs, io: Output): Promise<number> {
+  const id = args.uuid !== undefined
+    ? client.send({ type: 'observe', uuid: args.uuid })
+    : client.send({ type: 'observe-latest', job: args.job ?? null, platform: args.platform ?? null });
+  if (args.uuid === undefined) io.err(`waiting for the newest run${args.job ? ` of ${args.job}` : ''}${args.platform ? ` on ${args.platform}` : ''}\n`);
+  for (;;) {
+    const message = await client.receive(id);
+    switch (message.type) {
+      case 'observing':
+        io.err(`observing run ${message.run.uuid} of ${message.run.job} (${runOutcome(message.run)})\n`);
+        if (message.run.state === 'queued') io.err('the run is queued, waiting for a worker\n');
+        break;
+      case 'run-update':
+        if (message.run.state === 'running') io.err(`started on ${message.run.worker ?? 'a worker'}\n`);
+        break;
+      case 'console':
+        for (const line of message.lines) {
+          if (!args.raw) io.out(formatConsoleLine(line));
+          else if (line.stream === 'out') io.out(`${line.text}\n`);
+          else io.err(`${line.text}\n`);
+        }
+        break;
+      case 'run-end': {
+        const run = message.run;
+        const took = run.startedAt !== null && run.finishedAt !== null ? `, took ${formatElapsed(run.finishedAt - run.startedAt)}` : '';
+        const text = `run ${run.uuid} of ${run.job}: ${describeOutcome(run.outcome)}${took}\n`;
+        if (args.raw) io.err(text);
+        else io.out(text);
+        return isSuccess(run.outcome) ? EXIT.ok : EXIT.runFailed;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+export interface FetchArgs {
+  uuid: string;
+  dir: string;
+  /** Show a progress bar (on stderr) when the artifacts are large. */
+  progress: boolean;
+}
+
+const PROGRESS_THRESHOLD = 8 * 1024 * 1024;
+
+/**
+ * fetch: downloads a run's artifacts into DIR, each file written under a temporary name, checked
+ * against its SHA-256 and only then renamed into place. Any mismatch is an error.
+ */
+export async function fetchArtifacts(client: Client, args: FetchArgs, io: Output): Promise<number> {
+  const id = client.send({ type: 'fetch', uuid: args.uuid });
+  const first = await client.receive(id);
+  if (first.type !== 'artifacts') throw new ClientError(`unexpected reply '${first.type}' to fetch`, EXIT.server);
+  const expected = new Map<string, Artifact>(first.artifacts.map((a) => [a.path, a]));
+  const total = first.artifacts.reduce((sum, a) => sum + a.size, 0);
+  fs.mkdirSync(args.dir, { recursive: true });
+  const bar = args.progress && total >= PROGRESS_THRESHOLD
+    ? new SingleBar({ format: 'fetching [{bar}] {percentage}% | {value}/{total} MiB', stream: process.stderr, hideCursor: true }) : null;
+  bar?.start(Math.ceil(total / 1048576), 0);
+  let received = 0;
+  let problem: string | null = null;
+  const writes: Promise<void>[] = [];
+  const done = new Set<string>();
+  const parser = artifactParser({
+    file: (relative, size, entry) => {
+      const artifact = expected.get(relative);
+      if (artifact === undefined || artifact.size !== size || done.has(relative)) {
+        problem ??= `the server sent ${relative}, which is not in the run's artifact list`;
+        entry.resume();
+        return;
+      }
+      done.add(relative);
+      writes.push(writeVerified(args.dir, artifact, entry, (n) => {
+        received += n;
+        bar?.update(Math.floor(received / 1048576));
+      }).catch((error: Error) => { problem ??= error.message; }));
+    },
+    refuse: (reason) => { problem ??= reason; },
+  });
+  const parsed = new Promise<void>((resolve) => {
+    parser.on('end', resolve);
+    parser.on('close', resolve);
+    parser.on('error', () => resolve());
+  });
+  for (;;) {
+    const message = await client.receive(id);
+    if (message.type === 'data-end') break;
+    if (message.type !== 'data') continue;
+    if (!parser.write(Buffer.from(message.chunk.buffer, message.chunk.byteOffset, message.chunk.byteLength))) {
+      client.conn.pause();
+      await new Promise((resolve) => parser.once('drain', resolve));
+      client.conn.resume();
+    }
+  }
+  parser.end();
+  await parsed;
+  await Promise.all(writes);
+  bar?.stop();
+  for (const artifact of first.artifacts) if (!done.has(artifact.path)) problem ??= `${artifact.path} was in the list but not in the stream`;
+  if (problem !== null) throw new ClientError(`fetch failed: ${problem}`, EXIT.server);
+  for (const artifact of first.artifacts) io.out(`${artifact.sha256}  ${artifact.path}\n`);
+  io.err(`fetched ${first.artifacts.length} artifact(s), ${total} bytes, into ${args.dir}; every SHA-256 matches\n`);
+  return EXIT.ok;
+}
+
+async function writeVerified(dir: string, artifact: Artifact, data: AsyncIterable<Buffer>, progress: (bytes: number) => void): Promise<void> {
+  const target = path.join(dir, artifact.path);
+  const resolvedDir = path.resolve(dir);
+  if (!path.resolve(target).startsWith(resolvedDir + path.sep)) throw new Error(`${artifact.path} would be written outside ${dir}`);
+  await fs.promises.mkdir(path.dirname(target), { recursive: true });
+  const tmp = `${target}.builder-partial`;
+  const hash = crypto.createHash('sha256');
+  const handle = await fs.promises.open(tmp, 'w');
+  try {
+    for await (const chunk of data) {
+      hash.update(chunk);
+      await handle.write(chunk);
+      progress(chunk.length);
+    }
+  } finally {
+    await handle.close();
+  }
+  const sha256 = hash.digest('hex');
+  if (sha256 !== artifact.sha256) {
+    await fs.promises.rm(tmp, { force: true });
+    throw new Error(`${artifact.path}: SHA-256 mismatch (expected ${artifact.sha256}, received ${sha256})`);
+  }
+  await fs.promises.rename(tmp, target);
+}
+

@@ -1,0 +1,65 @@
+/**
+ * Cuts one output stream of a job into console lines as bytes arrive. A line is sent when its newline
+ * arrives; a partial line that sits for `partialMs` is sent anyway (so `printf 'working...'` shows up);
+ * a line longer than MAX_LINE_CHARS is split. UTF-8 sequences cut between chunks are reassembled.
+ */
+import { StringDecoder } from 'node:string_decoder';
+import type { ConsoleLine } from '../protocol/types.js';
+
+export const MAX_LINE_CHARS = 64 * 1024;
+
+export class LineSplitter {
+  private readonly decoder = new StringDecoder('utf8');
+  private partial = '';
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly stream: 'out' | 'err',
+    private readonly started: number,
+    private readonly emit: (lines: ConsoleLine[]) => void,
+    private readonly partialMs: number,
+  ) {}
+
+  push(chunk: Buffer): void {
+    this.take(this.decoder.write(chunk));
+  }
+
+  /** The stream ended: whatever is left is the last line. */
+  end(): void {
+    this.take(this.decoder.end());
+    this.flushPartial();
+  }
+
+  private take(text: string): void {
+    if (text.length === 0) return;
+    const at = Date.now() - this.started;
+    const pieces = (this.partial + text).split('\n');
+    this.partial = pieces.pop() as string;
+    const lines: ConsoleLine[] = [];
+    for (const piece of pieces) this.cut(piece.endsWith('\r') ? piece.slice(0, -1) : piece, at, lines);
+    while (this.partial.length > MAX_LINE_CHARS) {
+      lines.push({ at, stream: this.stream, text: this.partial.slice(0, MAX_LINE_CHARS) });
+      this.partial = this.partial.slice(MAX_LINE_CHARS);
+    }
+    if (lines.length > 0) this.emit(lines);
+    if (this.partial.length > 0 && this.timer === null) {
+      this.timer = setTimeout(() => this.flushPartial(), this.partialMs);
+    }
+  }
+
+  private cut(text: string, at: number, into: ConsoleLine[]): void {
+    for (let offset = 0; offset < text.length || offset === 0; offset += MAX_LINE_CHARS) {
+      into.push({ at, stream: this.stream, text: text.slice(offset, offset + MAX_LINE_CHARS) });
+      if (text.length === 0) break;
+    }
+  }
+
+  private flushPartial(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.partial.length === 0) return;
+    const text = this.partial;
+    this.partial = '';
+    this.emit([{ at: Date.now() - this.started, stream: this.stream, text }]);
+  }
+}

@@ -1,0 +1,27 @@
+/**
+ * One line per event on stderr: `TIME EVENT key=value ...`. Values with spaces are quoted, so the
+ * log stays greppable and one event never spans lines.
+ */
+export type LogFields = Record<string, string | number | boolean | null | undefined>;
+
+export type Logger = (event: string, fields?: LogFields) => void;
+
+function formatValue(value: string | number | boolean): string {
+  const text = String(value);
+  return /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text);
+}
+
+export function formatLogLine(event: string, fields: LogFields = {}, now = new Date()): string {
+  let line = `${now.toISOString()} ${event}`;
+  for (const [key, value] of Object.entries(fields)) {
+    if (value === undefined || value === null) continue;
+    line += ` ${key}=${formatValue(value)}`;
+  }
+  return line;
+}
+
+export const stderrLogger: Logger = (event, fields) => {
+  process.stderr.write(`${formatLogLine(event, fields)}\n`);
+};
+
+export const silentLogger: Logger = () => {};

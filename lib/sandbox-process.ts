@@ -1,0 +1,207 @@
+/**
+ * The plain-process sandbox: a fresh temporary directory per job, the script written into it with
+ * mode 0500, run as `/bin/sh -e` in its own process group with stdin from /dev/null. The whole group
+ * is killed when the job ends, times out, is cancelled or the server is lost, so no background
+ * process outlives its job.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { TarSource } from '../protocol/artifacts.js';
+import { CHUNK_BYTES } from '../protocol/messages.js';
+import type { Outcome } from '../protocol/types.js';
+import { LineSplitter } from './line-splitter.js';
+import type { JobSpec, KillReason, RunHooks, Sandbox } from './sandbox.js';
+
+export const SCRIPT_NAME = '.builder-script.sh';
+
+/** Variables passed through from the worker's environment; everything else is left out. */
+const PASSED_ENV = ['PATH', 'HOME', 'USER', 'LOGNAME', 'LANG', 'LC_ALL', 'TZ', 'TERM'];
+
+export interface ProcessSandboxOptions {
+  /** Where the builder-XXXXXX directories are made (default: the OS temp dir). */
+  tmpDir?: string;
+  /** Milliseconds between SIGTERM and SIGKILL when a job is stopped. */
+  killGraceMs?: number;
+  /** Milliseconds after which a partial line (no newline yet) is sent anyway. */
+  partialLineMs?: number;
+}
+
+export class ProcessSandbox implements Sandbox {
+  private dir: string | null = null;
+  private job: JobSpec | null = null;
+  private child: ChildProcess | null = null;
+  private killedFor: KillReason | null = null;
+  private killTimer: NodeJS.Timeout | null = null;
+  private splitters: LineSplitter[] = [];
+
+  constructor(private readonly options: ProcessSandboxOptions = {}) {}
+
+  get workDir(): string | null {
+    return this.dir;
+  }
+
+  async prepare(job: JobSpec): Promise<void> {
+    this.job = job;
+    const base = this.options.tmpDir ?? os.tmpdir();
+    try {
+      this.dir = await fs.promises.mkdtemp(path.join(base, 'builder-'));
+      await fs.promises.writeFile(path.join(this.dir, SCRIPT_NAME), job.script, { mode: 0o500 });
+    } catch (error) {
+      throw new Error(`cannot write the job's files in ${base}: ${(error as Error).message}`);
+    }
+  }
+
+  run(hooks: RunHooks): Promise<Outcome> {
+    const job = this.job;
+    const dir = this.dir;
+    if (job === null || dir === null) return Promise.resolve({ kind: 'error', message: 'the sandbox was not prepared' });
+    const started = Date.now();
+    const env: NodeJS.ProcessEnv = {};
+    for (const key of PASSED_ENV) if (process.env[key] !== undefined) env[key] = process.env[key];
+    Object.assign(env, { BUILDER_UUID: job.uuid, BUILDER_JOB: job.name, BUILDER_PLATFORM: job.platform });
+
+    return new Promise((resolve) => {
+      let child: ChildProcess;
+      try {
+        child = spawn('/bin/sh', ['-e', path.join(dir, SCRIPT_NAME)], {
+          cwd: dir, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
+        });
+      } catch (error) {
+        resolve({ kind: 'error', message: `cannot start /bin/sh: ${(error as Error).message}` });
+        return;
+      }
+      this.child = child;
+      const timeout = setTimeout(() => this.kill({ kind: 'timeout' }), job.timeoutSeconds * 1000);
+      const partialMs = this.options.partialLineMs ?? 100;
+      const out = new LineSplitter('out', started, hooks.lines, partialMs);
+      const err = new LineSplitter('err', started, hooks.lines, partialMs);
+      this.splitters = [out, err];
+      const readError = (which: string) => (error: Error): void => {
+        hooks.lines([{ at: Date.now() - started, stream: 'builder', text: `cannot read the job's ${which}: ${error.message}` }]);
+      };
+      child.stdout?.on('data', (chunk: Buffer) => out.push(chunk));
+      child.stderr?.on('data', (chunk: Buffer) => err.push(chunk));
+      child.stdout?.on('error', readError('stdout'));
+      child.stderr?.on('error', readError('stderr'));
+
+      let exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+      const finish = (): void => {
+        clearTimeout(timeout);
+        if (this.killTimer !== null) clearTimeout(this.killTimer);
+        out.end();
+        err.end();
+        resolve(this.outcome(exit, job));
+      };
+      child.on('error', (error) => {
+        clearTimeout(timeout);
+        resolve({ kind: 'error', message: `cannot run the job: ${error.message}` });
+      });
+      child.on('exit', (code, signal) => {
+        exit = { code, signal };
+        // Whatever the script left running in its process group ends with it; their output that is
+        // already in the pipes is still read before 'close'.
+        this.signalGroup('SIGKILL');
+      });
+      child.on('close', finish);
+    });
+  }
+
+  private outcome(exit: { code: number | null; signal: NodeJS.Signals | null } | null, job: JobSpec): Outcome {
+    if (this.killedFor?.kind === 'timeout') return { kind: 'timeout', seconds: job.timeoutSeconds };
+    if (this.killedFor?.kind === 'cancel') return { kind: 'cancelled', message: this.killedFor.message };
+    if (exit === null) return { kind: 'error', message: 'the job ended without an exit status' };
+    if (exit.code !== null) return { kind: 'exited', code: exit.code };
+    const signal = exit.signal === null ? 0 : (os.constants.signals[exit.signal] ?? 0);
+    return signal > 0 ? { kind: 'signalled', signal } : { kind: 'error', message: `the job ended with unknown signal ${String(exit.signal)}` };
+  }
+
+  kill(reason: KillReason): void {
+    if (this.child === null || this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.killedFor ??= reason;
+    if (reason.kind === 'lost') {
+      this.signalGroup('SIGKILL');
+      return;
+    }
+    this.signalGroup('SIGTERM');
+    this.signalGroup('SIGCONT');
+    this.killTimer ??= setTimeout(() => this.signalGroup('SIGKILL'), this.options.killGraceMs ?? 5000);
+  }
+
+  private signalGroup(signal: NodeJS.Signals): void {
+    const pid = this.child?.pid;
+    if (pid === undefined) return;
+    try {
+      process.kill(-pid, signal);
+    } catch {
+      // ESRCH: the group is already gone.
+    }
+  }
+
+  setPaused(paused: boolean): void {
+    for (const stream of [this.child?.stdout, this.child?.stderr]) {
+      if (paused) stream?.pause();
+      else stream?.resume();
+    }
+  }
+
+  async *collect(notes: (text: string) => void): AsyncGenerator<TarSource> {
+    if (this.dir === null) return;
+    yield* walk(this.dir, '', notes);
+  }
+
+  async cleanUp(): Promise<void> {
+    if (this.killTimer !== null) clearTimeout(this.killTimer);
+    this.signalGroup('SIGKILL');
+    if (this.dir === null) return;
+    const dir = this.dir;
+    this.dir = null;
+    try {
+      // The job may have left directories without write permission; make them removable first.
+      await makeWritable(dir);
+      await fs.promises.rm(dir, { recursive: true, force: true });
+    } catch {
+      // Best effort: a directory we cannot remove is left for the administrator, not fatal.
+    }
+  }
+}
+
+async function* walk(root: string, relative: string, notes: (text: string) => void): AsyncGenerator<TarSource> {
+  const dir = path.join(root, relative);
+  let entries: fs.Dirent[];
+  try {
+    entries = await fs.promises.readdir(dir, { withFileTypes: true });
+  } catch (error) {
+    notes(`cannot list ${relative === '' ? 'the working directory' : relative}: ${(error as Error).message}`);
+    return;
+  }
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const entry of entries) {
+    const rel = relative === '' ? entry.name : `${relative}/${entry.name}`;
+    if (rel === SCRIPT_NAME) continue;
+    const full = path.join(root, rel);
+    const stat = await fs.promises.lstat(full);
+    if (stat.isDirectory()) {
+      yield* walk(root, rel, notes);
+    } else if (stat.isFile()) {
+      yield {
+        path: rel,
+        size: stat.size,
+        mode: stat.mode & 0o111 ? 0o755 : 0o644,
+        // O_NOFOLLOW: a file swapped for a symlink after the listing is refused, not followed.
+        chunks: () => fs.createReadStream('', { fd: fs.openSync(full, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW), highWaterMark: CHUNK_BYTES }),
+      };
+    } else if (stat.isSymbolicLink()) {
+      notes(`not an artifact: ${rel} is a symbolic link (links are not followed)`);
+    } else {
+      notes(`not an artifact: ${rel} is not a regular file`);
+    }
+  }
+}
+
+async function makeWritable(dir: string): Promise<void> {
+  await fs.promises.chmod(dir, 0o700).catch(() => {});
+  const entries = await fs.promises.readdir(dir, { withFileTypes: true }).catch(() => [] as fs.Dirent[]);
+  for (const entry of entries) if (entry.isDirectory()) await makeWritable(path.join(dir, entry.name));
+}

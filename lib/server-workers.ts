@@ -1,0 +1,360 @@
+/**
+ * The worker side of the server: who is connected, who waits for a job (long poll), handing queued
+ * runs to waiting workers, console lines, artifact uploads, heartbeats and lost workers.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import type { Connection } from '../protocol/connection.js';
+import { artifactParser } from '../protocol/artifacts.js';
+import { type Hello, WorkerMessage, parseWith } from '../protocol/messages.js';
+import type { Artifact, ConsoleLine, JobSource, Outcome, WorkerInfo } from '../protocol/types.js';
+import { describeOutcome } from '../protocol/types.js';
+import type { ConsoleWriter } from './console-log.js';
+import type { ServerContext } from './server.js';
+import type { Enqueued } from './store.js';
+import { TemplateError } from './templates.js';
+
+/** How many heartbeat periods of silence mean a running worker is lost. */
+const MISSED_HEARTBEATS = 3;
+
+/** An artifact upload in progress: the tar stream is parsed and each file stored as it arrives. */
+class Upload {
+  readonly artifacts: Artifact[] = [];
+  problem: string | null = null;
+  private readonly pending: Promise<void>[] = [];
+  private readonly parser;
+  private ended: Promise<void>;
+
+  constructor(context: ServerContext, private readonly conn: Connection) {
+    this.parser = artifactParser({
+      file: (path, size, entry) => {
+        this.pending.push(context.artifacts.store(path, size, entry, context.options.maxArtifactBytes)
+          .then((artifact) => { this.artifacts.push(artifact); })
+          .catch((error: Error) => { this.problem ??= error.message; entry.resume(); }));
+      },
+      refuse: (reason) => { this.problem ??= reason; },
+    });
+    this.ended = new Promise((resolve) => {
+      this.parser.on('end', resolve);
+      this.parser.on('close', resolve);
+      this.parser.on('error', () => resolve());
+    });
+  }
+
+  write(chunk: Uint8Array): void {
+    if (!this.parser.write(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength))) {
+      // Disk slower than the network: stop reading from this worker until the parser catches up.
+      this.conn.pause();
+      this.parser.once('drain', () => this.conn.resume());
+    }
+  }
+
+  /** Ends the stream and waits until every file is durable (or refused). */
+  async finish(): Promise<void> {
+    this.parser.end();
+    await this.ended;
+    await Promise.all(this.pending);
+    if (this.problem === null && new Set(this.artifacts.map((a) => a.path)).size !== this.artifacts.length) {
+      this.problem = 'the artifact stream holds the same path twice';
+    }
+  }
+}
+
+interface ActiveRun {
+  uuid: string;
+  job: string;
+  console: ConsoleWriter;
+  upload: Upload | null;
+  finishing: boolean;
+}
+
+export class WorkerSession {
+  readonly id: string;
+  readonly connectedAt = Date.now();
+  lastSeen = Date.now();
+  run: ActiveRun | null = null;
+  waiting = false;
+  private silence: NodeJS.Timeout | null = null;
+
+  constructor(private readonly dispatcher: Dispatcher, readonly conn: Connection, readonly hello: Hello & { platform: string; hostname: string }) {
+    this.id = `${hello.hostname}/${randomBytes(2).toString('hex')}`;
+  }
+
+  get platform(): string {
+    return this.hello.platform;
+  }
+
+  info(): WorkerInfo {
+    return {
+      id: this.id, platform: this.platform, labels: this.hello.labels ?? [], hostname: this.hello.hostname,
+      version: this.hello.software, address: this.conn.peer, connectedAt: this.connectedAt, lastSeen: this.lastSeen,
+      run: this.run?.uuid ?? null,
+    };
+  }
+
+  message(value: unknown): void {
+    this.lastSeen = Date.now();
+    this.silence?.refresh();
+    const parsed = parseWith(WorkerMessage, value);
+    if (!parsed.ok) {
+      this.dispatcher.protocolViolation(this, parsed.error);
+      return;
+    }
+    this.dispatcher.handle(this, parsed.message).catch((error: Error) => {
+      this.dispatcher.protocolViolation(this, `internal error: ${error.message}`);
+    });
+  }
+
+  closed(reason: string): void {
+    this.stopSilenceTimer();
+    this.dispatcher.removeWorker(this, reason);
+  }
+
+  startSilenceTimer(heartbeatSeconds: number, onSilent: () => void): void {
+    this.stopSilenceTimer();
+    this.silence = setTimeout(onSilent, heartbeatSeconds * MISSED_HEARTBEATS * 1000);
+  }
+
+  stopSilenceTimer(): void {
+    if (this.silence !== null) clearTimeout(this.silence);
+    this.silence = null;
+  }
+}
+
+export class Dispatcher {
+  private readonly workers = new Set<WorkerSession>();
+  /** Workers that asked for a job and got none yet, per platform, in the order they asked. */
+  private readonly waiting = new Map<string, WorkerSession[]>();
+
+  constructor(private readonly context: ServerContext) {}
+
+  addWorker(conn: Connection, hello: Hello): WorkerSession {
+    const session = new WorkerSession(this, conn, hello as Hello & { platform: string; hostname: string });
+    this.workers.add(session);
+    this.context.log('hello', {
+      peer: conn.peer, role: 'worker', worker: session.id, platform: session.platform,
+      labels: (hello.labels ?? []).join(','), software: hello.software,
+    });
+    return session;
+  }
+
+  list(): WorkerInfo[] {
+    return [...this.workers].map((worker) => worker.info());
+  }
+
+  get count(): number {
+    return this.workers.size;
+  }
+
+  /** Bytes of console written so far for a running run (0 if none is being written here). */
+  consoleOffset(uuid: string): number {
+    for (const worker of this.workers) if (worker.run?.uuid === uuid) return worker.run.console.bytes;
+    return 0;
+  }
+
+  workerRunning(uuid: string): WorkerSession | null {
+    for (const worker of this.workers) if (worker.run?.uuid === uuid) return worker;
+    return null;
+  }
+
+  /** Runs left `running` by a server that died are recorded as worker lost and queued again. */
+  recoverInterrupted(): void {
+    const { store, log } = this.context;
+    for (const run of store.runsInState('running')) {
+      const lines = this.countConsoleLines(run.uuid);
+      const again = store.loseRun(run.uuid, 'the server stopped while the run was in progress', Date.now(), lines);
+      log('recover', { run: run.uuid, job: run.job, requeued: again?.uuid ?? 'no' });
+    }
+  }
+
+  private countConsoleLines(uuid: string): number {
+    let lines = 0;
+    try {
+      const text = fs.readFileSync(this.context.consoles.fileOf(uuid));
+      for (const byte of text) if (byte === 10) lines++;
+    } catch {
+      // No console file: the run never printed anything.
+    }
+    return lines;
+  }
+
+  /** Runs were queued (by a client, the scheduler, or a lost worker): tell observers, try to dispatch. */
+  queued(runs: Enqueued[]): void {
+    const { store, hub, log } = this.context;
+    const platforms = new Set<string>();
+    for (const queued of runs) {
+      if (queued.fresh) log('queue', { run: queued.uuid, job: queued.job, platform: queued.platform });
+      platforms.add(queued.platform);
+      const run = store.getRun(queued.uuid);
+      if (run === null) continue;
+      for (const waiter of hub.takeLatestWaiters(run)) {
+        void hub.observe(waiter.conn, waiter.id, run, this.consoleOffset(run.uuid));
+      }
+    }
+    for (const platform of platforms) this.dispatch(platform);
+  }
+
+  /** Hands queued runs of `platform` to waiting workers until one of the two runs out. */
+  dispatch(platform: string): void {
+    const { store, templates, hub, log, options } = this.context;
+    const waiting = this.waiting.get(platform);
+    while (waiting !== undefined && waiting.length > 0) {
+      const front = store.queueFront(platform);
+      if (front === null) return;
+      const worker = waiting[0] as WorkerSession;
+      if (worker.conn.isClosed) {
+        waiting.shift();
+        continue;
+      }
+      const now = Date.now();
+      let script: string;
+      const source: JobSource = front.job.source;
+      try {
+        script = source.kind === 'script' ? source.script
+          : templates.render(source.template, front.job.platform, source.vars, { job: front.job.name, platform: front.job.platform, uuid: front.uuid });
+      } catch (error) {
+        if (!(error instanceof TemplateError)) throw error;
+        store.finishRun(front.uuid, { kind: 'error', message: error.message }, now);
+        log('finish', { run: front.uuid, job: front.job.name, outcome: `error: ${error.message}` });
+        const run = store.getRun(front.uuid);
+        if (run !== null) hub.end(run);
+        continue;
+      }
+      waiting.shift();
+      worker.waiting = false;
+      store.startRun(front.uuid, worker.id, source, script, now);
+      worker.run = { uuid: front.uuid, job: front.job.name, console: this.context.consoles.open(front.uuid), upload: null, finishing: false };
+      worker.startSilenceTimer(options.heartbeatSeconds, () => this.silent(worker));
+      worker.conn.send({
+        type: 'job', uuid: front.uuid, name: front.job.name, platform: front.job.platform, script,
+        timeoutSeconds: front.job.timeoutSeconds ?? options.jobTimeoutSeconds,
+      });
+      log('dispatch', { run: front.uuid, job: front.job.name, platform, worker: worker.id });
+      const run = store.getRun(front.uuid);
+      if (run !== null) hub.update(run);
+    }
+  }
+
+  async handle(worker: WorkerSession, message: WorkerMessage): Promise<void> {
+    switch (message.type) {
+      case 'request-job': {
+        if (worker.run !== null) return this.protocolViolation(worker, `request-job while run ${worker.run.uuid} is not finished`);
+        if (worker.waiting) return;
+        worker.waiting = true;
+        const list = this.waiting.get(worker.platform) ?? [];
+        list.push(worker);
+        this.waiting.set(worker.platform, list);
+        this.dispatch(worker.platform);
+        return;
+      }
+      case 'heartbeat':
+        return;
+      case 'output': {
+        const run = this.currentRun(worker, message.uuid, 'output');
+        if (run === null) return;
+        run.console.append(message.lines);
+        this.context.hub.lines(run.uuid, message.lines);
+        return;
+      }
+      case 'upload': {
+        const run = this.currentRun(worker, message.uuid, 'upload');
+        if (run === null) return;
+        run.upload ??= new Upload(this.context, worker.conn);
+        run.upload.write(message.chunk);
+        return;
+      }
+      case 'finished': {
+        const run = this.currentRun(worker, message.uuid, 'finished');
+        if (run === null) return;
+        if (message.outcome.kind === 'worker-lost') return this.protocolViolation(worker, 'a worker cannot report its own run as worker-lost');
+        await this.finish(worker, run, message.outcome);
+        return;
+      }
+    }
+  }
+
+  private currentRun(worker: WorkerSession, uuid: string, what: string): ActiveRun | null {
+    if (worker.run === null || worker.run.uuid !== uuid || worker.run.finishing) {
+      this.protocolViolation(worker, `${what} for run ${uuid}, which is not the run this worker is running (${worker.run?.uuid ?? 'none'})`);
+      return null;
+    }
+    return worker.run;
+  }
+
+  private async finish(worker: WorkerSession, run: ActiveRun, reported: Outcome): Promise<void> {
+    const { store, hub, log } = this.context;
+    run.finishing = true;
+    let outcome = reported;
+    let artifacts: Artifact[] = [];
+    if (run.upload !== null) {
+      await run.upload.finish();
+      if (run.upload.problem !== null) {
+        outcome = { kind: 'error', message: `${describeOutcome(reported)}, but its artifacts were refused: ${run.upload.problem}` };
+        const note: ConsoleLine = { at: Date.now() - (store.getRun(run.uuid)?.startedAt ?? Date.now()), stream: 'builder', text: `artifacts refused: ${run.upload.problem}` };
+        run.console.append([note]);
+        hub.lines(run.uuid, [note]);
+      } else {
+        artifacts = run.upload.artifacts;
+      }
+    }
+    run.console.close(true);
+    store.finishRun(run.uuid, outcome, Date.now(), artifacts, run.console.lines);
+    worker.run = null;
+    worker.stopSilenceTimer();
+    worker.conn.send({ type: 'finished-ack', uuid: run.uuid });
+    log('finish', { run: run.uuid, job: run.job, worker: worker.id, outcome: describeOutcome(outcome), artifacts: artifacts.length, lines: run.console.lines });
+    const summary = store.getRun(run.uuid);
+    if (summary !== null) hub.end(summary);
+  }
+
+  /** A running worker went silent: it is lost; the connection is closed. */
+  private silent(worker: WorkerSession): void {
+    const seconds = this.context.options.heartbeatSeconds * MISSED_HEARTBEATS;
+    this.context.log('error', { worker: worker.id, problem: `no heartbeat for ${seconds}s` });
+    this.loseRun(worker, `no heartbeat from ${worker.id} for ${seconds}s`);
+    worker.conn.fail(`no heartbeat for ${seconds}s: your run was recorded as worker lost and queued again`);
+  }
+
+  /** A bad message from a worker ends its connection (its run, if any, is lost and queued again). */
+  protocolViolation(worker: WorkerSession, problem: string): void {
+    this.context.log('error', { peer: worker.conn.peer, worker: worker.id, problem });
+    this.loseRun(worker, `worker ${worker.id} sent an invalid message: ${problem}`);
+    worker.conn.fail(problem);
+  }
+
+  removeWorker(worker: WorkerSession, reason: string): void {
+    this.workers.delete(worker);
+    const list = this.waiting.get(worker.platform);
+    if (list !== undefined) this.waiting.set(worker.platform, list.filter((w) => w !== worker));
+    this.loseRun(worker, `worker ${worker.id} disconnected: ${reason}`);
+  }
+
+  private loseRun(worker: WorkerSession, message: string): void {
+    const run = worker.run;
+    // A run whose outcome arrived is committed by finish(), whatever happens to the connection now.
+    if (run === null || run.finishing) return;
+    worker.run = null;
+    worker.stopSilenceTimer();
+    run.console.close(false);
+    run.upload?.finish().catch(() => {});
+    const { store, hub, log } = this.context;
+    const again = store.loseRun(run.uuid, message, Date.now(), run.console.lines);
+    log('lost', { run: run.uuid, job: run.job, worker: worker.id, reason: message, requeued: again?.uuid ?? 'no' });
+    const summary = store.getRun(run.uuid);
+    if (summary !== null) hub.end(summary);
+    if (again !== null) this.queued([again]);
+  }
+
+  /** Asks the worker running `uuid` to cancel it. Returns false if no connected worker runs it. */
+  cancelRunning(uuid: string, message: string): boolean {
+    const worker = this.workerRunning(uuid);
+    if (worker === null) return false;
+    worker.conn.send({ type: 'cancel-run', uuid, message });
+    this.context.log('cancel', { run: uuid, worker: worker.id });
+    return true;
+  }
+
+  stop(): void {
+    for (const worker of this.workers) worker.stopSilenceTimer();
+  }
+}

@@ -1,0 +1,191 @@
+/**
+ * builder-server: accepts connections, checks each one's hello, and hands clients to the request
+ * handlers (server-requests.ts) and workers to the dispatcher (server-workers.ts). It owns the state
+ * directory: the SQLite store, console logs and artifact files.
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { Connection, formatAddress, parseAddress } from '../protocol/connection.js';
+import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/frame.js';
+import { ClientMessage, Hello, PROTOCOL_VERSION, parseWith } from '../protocol/messages.js';
+import { ArtifactFiles } from './artifact-files.js';
+import { ConsoleStore } from './console-log.js';
+import { type Logger, stderrLogger } from './log.js';
+import { ObserverHub } from './observers.js';
+import { Scheduler } from './scheduler.js';
+import { handleClientMessage } from './server-requests.js';
+import { Dispatcher } from './server-workers.js';
+import { Store } from './store.js';
+import { Templates } from './templates.js';
+import { SOFTWARE } from './version.js';
+
+export interface ServerOptions {
+  listen: string;
+  stateDir: string;
+  templatesDir: string;
+  /** Default job timeout; a job may set its own. */
+  jobTimeoutSeconds: number;
+  /** Workers heartbeat this often while running; three missed beats mean the worker is lost. */
+  heartbeatSeconds: number;
+  /** A connection that has not said hello after this long is closed. */
+  helloTimeoutSeconds: number;
+  maxFrameBytes: number;
+  /** Unsent bytes an observer may have before it is cut off. */
+  observerBacklogBytes: number;
+  /** Largest single artifact file accepted. */
+  maxArtifactBytes: number;
+  /** fsync every commit (synchronous = FULL) instead of relying on WAL + NORMAL. */
+  strict: boolean;
+  log: Logger;
+}
+
+export const DEFAULT_SERVER_OPTIONS: Omit<ServerOptions, 'stateDir' | 'templatesDir'> = {
+  listen: '127.0.0.1:1234',
+  jobTimeoutSeconds: 3600,
+  heartbeatSeconds: 10,
+  helloTimeoutSeconds: 10,
+  maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+  observerBacklogBytes: 8 * 1024 * 1024,
+  maxArtifactBytes: 64 * 1024 * 1024 * 1024,
+  strict: false,
+  log: stderrLogger,
+};
+
+/** Everything a handler needs; one per running server. */
+export interface ServerContext {
+  options: ServerOptions;
+  store: Store;
+  consoles: ConsoleStore;
+  artifacts: ArtifactFiles;
+  templates: Templates;
+  hub: ObserverHub;
+  scheduler: Scheduler;
+  dispatcher: Dispatcher;
+  log: Logger;
+}
+
+export interface RunningServer {
+  /** The address actually listened on, e.g. 127.0.0.1:40123 when started with port 0. */
+  address: string;
+  context: ServerContext;
+  close(): Promise<void>;
+}
+
+export async function startServer(options: ServerOptions): Promise<RunningServer> {
+  const log = options.log;
+  fs.mkdirSync(options.stateDir, { recursive: true });
+  const store = new Store(path.join(options.stateDir, 'builder.sqlite'), { strict: options.strict });
+  const consoles = new ConsoleStore(path.join(options.stateDir, 'console'));
+  const artifacts = new ArtifactFiles(path.join(options.stateDir, 'artifacts'));
+  const templates = new Templates(options.templatesDir);
+  const hub = new ObserverHub(consoles, { maxBacklogBytes: options.observerBacklogBytes, maxBufferedLines: 100_000 });
+  const context = { options, store, consoles, artifacts, templates, hub, log } as ServerContext;
+  context.dispatcher = new Dispatcher(context);
+  context.scheduler = new Scheduler(store, (runs) => context.dispatcher.queued(runs));
+
+  context.dispatcher.recoverInterrupted();
+  context.scheduler.rearm();
+
+  const connections = new Set<Connection>();
+  const server = net.createServer((socket) => {
+    const conn = new Connection(socket, options.maxFrameBytes);
+    connections.add(conn);
+    accept(context, conn, () => connections.delete(conn));
+  });
+  const { host, port } = parseAddress(options.listen);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => {
+      reject(new Error(error.code === 'EADDRINUSE'
+        ? `cannot listen on ${options.listen}: the address is already in use (is another builder-server running? choose another with --listen)`
+        : `cannot listen on ${options.listen}: ${error.message}`));
+    });
+    server.listen({ host, port }, () => resolve());
+  });
+  const bound = server.address() as net.AddressInfo;
+  const address = formatAddress(bound.address, bound.port);
+  log('listening', { address, state: options.stateDir, templates: options.templatesDir, schema: store.schemaVersion });
+
+  return {
+    address,
+    context,
+    async close() {
+      context.scheduler.stop();
+      context.dispatcher.stop();
+      for (const conn of connections) conn.socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      store.close();
+    },
+  };
+}
+
+/** Waits for a connection's hello, then hands it to the client or worker side. */
+function accept(context: ServerContext, conn: Connection, forget: () => void): void {
+  const { log, options } = context;
+  log('connect', { peer: conn.peer });
+  let role: 'hello' | 'client' | 'worker' = 'hello';
+  let onWorkerMessage: ((value: unknown) => void) | null = null;
+  let onWorkerClose: ((reason: string) => void) | null = null;
+  const helloTimer = setTimeout(() => {
+    log('error', { peer: conn.peer, problem: 'no hello in time' });
+    conn.fail(`no hello within ${options.helloTimeoutSeconds}s: the first message on a connection must be a hello`);
+  }, options.helloTimeoutSeconds * 1000);
+
+  conn.start({
+    message(value) {
+      if (role === 'client') {
+        const parsed = parseWith(ClientMessage, value);
+        if (!parsed.ok) {
+          log('error', { peer: conn.peer, problem: parsed.error });
+          const id = typeof value === 'object' && value !== null && 'id' in value && typeof value.id === 'number' ? value.id : null;
+          if (id !== null && Number.isInteger(id) && id >= 0) conn.send({ type: 'failure', id, message: parsed.error });
+          else conn.fail(parsed.error);
+          return;
+        }
+        handleClientMessage(context, conn, parsed.message).catch((error: Error) => {
+          log('error', { peer: conn.peer, request: parsed.message.type, problem: error.stack ?? error.message });
+          conn.send({ type: 'failure', id: parsed.message.id, message: `internal error: ${error.message}` });
+        });
+        return;
+      }
+      if (role === 'worker') {
+        onWorkerMessage?.(value);
+        return;
+      }
+      clearTimeout(helloTimer);
+      const parsed = parseWith(Hello, value);
+      if (!parsed.ok) {
+        log('error', { peer: conn.peer, problem: parsed.error });
+        conn.fail(`${parsed.error} (the first message must be a valid hello)`);
+        return;
+      }
+      const hello = parsed.message;
+      if (hello.version !== PROTOCOL_VERSION) {
+        log('error', { peer: conn.peer, problem: 'protocol version mismatch', theirs: hello.version, ours: PROTOCOL_VERSION });
+        conn.fail(`protocol version mismatch: this server (${SOFTWARE}) speaks protocol version ${PROTOCOL_VERSION}, `
+          + `the ${hello.role} (${hello.software}) speaks ${hello.version}; use matching builder versions`);
+        return;
+      }
+      conn.send({
+        type: 'welcome', version: PROTOCOL_VERSION, software: SOFTWARE,
+        heartbeatSeconds: options.heartbeatSeconds, maxFrameBytes: options.maxFrameBytes,
+      });
+      if (hello.role === 'client') {
+        role = 'client';
+        log('hello', { peer: conn.peer, role: 'client', software: hello.software });
+      } else {
+        role = 'worker';
+        const session = context.dispatcher.addWorker(conn, hello);
+        onWorkerMessage = (v) => session.message(v);
+        onWorkerClose = (reason) => session.closed(reason);
+      }
+    },
+    close(reason) {
+      clearTimeout(helloTimer);
+      forget();
+      context.hub.forget(conn);
+      onWorkerClose?.(reason);
+      log('disconnect', { peer: conn.peer, role, reason });
+    },
+  });
+}

@@ -1,0 +1,400 @@
+/**
+ * All of builder's durable state, behind one narrow interface. This is the only module that speaks
+ * SQL; the server's handlers ask it questions and tell it what happened, in the words of
+ * protocol/types.ts. Every method that changes state does so in one transaction, committed before it
+ * returns, so that whatever the server acknowledges afterwards survives a SIGKILL.
+ *
+ * The interface is synchronous because better-sqlite3 is: it keeps dispatch free of interleavings
+ * (a job can never be handed out twice). A PostgreSQL backend would implement the same operations.
+ */
+import Database from 'better-sqlite3';
+import { randomUUID } from 'node:crypto';
+import type {
+  Artifact, JobInfo, JobSource, Outcome, Period, QueueEntry, RunDetail, RunState, RunSummary,
+} from '../protocol/types.js';
+
+/** Numbered migrations; PRAGMA user_version records how many have run. Never edit one that shipped. */
+const MIGRATIONS: string[] = [
+  // 1: jobs, queue, runs, artifacts, dropped platforms
+  `
+  CREATE TABLE jobs (
+    name        TEXT PRIMARY KEY,
+    platform    TEXT NOT NULL,
+    source      TEXT NOT NULL,          -- JSON JobSource
+    period      TEXT NOT NULL,          -- JSON Period
+    next_due    INTEGER,                -- ms since epoch; NULL when the period is never
+    timeout_s   INTEGER,                -- NULL: the server's default
+    created_at  INTEGER NOT NULL
+  );
+  CREATE INDEX jobs_next_due ON jobs(next_due) WHERE next_due IS NOT NULL;
+
+  CREATE TABLE runs (
+    uuid         TEXT PRIMARY KEY,
+    job          TEXT NOT NULL,
+    platform     TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('queued', 'running', 'finished')),
+    worker       TEXT,
+    source       TEXT,                  -- JSON JobSource as it was at dispatch
+    script       TEXT,                  -- the exact script the worker ran (rendered at dispatch)
+    queued_at    INTEGER NOT NULL,
+    started_at   INTEGER,
+    finished_at  INTEGER,
+    outcome      TEXT,                  -- JSON Outcome
+    console_lines INTEGER NOT NULL DEFAULT 0
+  );
+  CREATE INDEX runs_job ON runs(job, queued_at DESC);
+  CREATE INDEX runs_state ON runs(state) WHERE state != 'finished';
+  CREATE INDEX runs_queued_at ON runs(queued_at DESC);
+
+  -- One row per queued run; the lowest position is the front. A job is in the queue at most once.
+  CREATE TABLE queue (
+    run_uuid  TEXT PRIMARY KEY REFERENCES runs(uuid),
+    job       TEXT NOT NULL UNIQUE,
+    platform  TEXT NOT NULL,
+    position  INTEGER NOT NULL
+  );
+  CREATE INDEX queue_order ON queue(platform, position);
+
+  CREATE TABLE artifacts (
+    run_uuid TEXT NOT NULL REFERENCES runs(uuid),
+    path     TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    sha256   TEXT NOT NULL,
+    PRIMARY KEY (run_uuid, path)
+  );
+  CREATE INDEX artifacts_sha256 ON artifacts(sha256);
+
+  CREATE TABLE dropped_platforms (platform TEXT PRIMARY KEY);
+  `,
+];
+
+export interface JobRecord extends JobInfo {
+  createdAt: number;
+}
+
+interface JobRow {
+  name: string; platform: string; source: string; period: string; next_due: number | null;
+  timeout_s: number | null; created_at: number;
+}
+interface RunRow {
+  uuid: string; job: string; platform: string; state: RunState; worker: string | null; source: string | null;
+  script: string | null; queued_at: number; started_at: number | null; finished_at: number | null;
+  outcome: string | null; console_lines: number;
+}
+
+function toJob(row: JobRow): JobRecord {
+  return {
+    name: row.name,
+    platform: row.platform,
+    source: JSON.parse(row.source) as JobSource,
+    period: JSON.parse(row.period) as Period,
+    nextDue: row.next_due,
+    timeoutSeconds: row.timeout_s,
+    createdAt: row.created_at,
+  };
+}
+
+function toRun(row: RunRow): RunSummary {
+  return {
+    uuid: row.uuid,
+    job: row.job,
+    platform: row.platform,
+    state: row.state,
+    worker: row.worker,
+    queuedAt: row.queued_at,
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+    outcome: row.outcome === null ? null : (JSON.parse(row.outcome) as Outcome),
+  };
+}
+
+/** What enqueue did: queued a new run, or found the job already waiting (and maybe moved it). */
+export interface Enqueued {
+  uuid: string;
+  job: string;
+  platform: string;
+  fresh: boolean;
+}
+
+export class Store {
+  readonly db: Database.Database;
+
+  constructor(path: string, options: { strict?: boolean } = {}) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    // NORMAL in WAL mode: a committed transaction survives the process being killed (SIGKILL);
+    // only a power loss can take back the last few. `strict` makes every commit wait for fsync.
+    this.db.pragma(`synchronous = ${options.strict === true ? 'FULL' : 'NORMAL'}`);
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+  }
+
+  get schemaVersion(): number {
+    return this.db.pragma('user_version', { simple: true }) as number;
+  }
+
+  private migrate(): void {
+    const current = this.schemaVersion;
+    if (current > MIGRATIONS.length) {
+      throw new Error(`the state database has schema version ${current}, newer than this builder-server knows (${MIGRATIONS.length}); run a newer builder-server`);
+    }
+    for (let version = current; version < MIGRATIONS.length; version++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[version] as string);
+        this.db.pragma(`user_version = ${version + 1}`);
+      })();
+    }
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  integrityCheck(): string {
+    return this.db.pragma('integrity_check', { simple: true }) as string;
+  }
+
+  // ---- jobs and schedules -----------------------------------------------------------------------
+
+  getJob(name: string): JobRecord | null {
+    const row = this.db.prepare('SELECT * FROM jobs WHERE name = ?').get(name) as JobRow | undefined;
+    return row === undefined ? null : toJob(row);
+  }
+
+  listJobs(): JobRecord[] {
+    return (this.db.prepare('SELECT * FROM jobs ORDER BY name').all() as JobRow[]).map(toJob);
+  }
+
+  /** Adds a job (or replaces one of the same name when `replace`), and queues it in the same transaction. */
+  putJob(job: JobRecord, replace: boolean, now: number): { replaced: boolean; enqueued: Enqueued | null } {
+    return this.db.transaction(() => {
+      const existing = this.getJob(job.name);
+      if (existing !== null && !replace) throw new StoreError(`job ${job.name} already exists; give --replace to replace it`);
+      if (existing !== null) {
+        if (existing.platform !== job.platform) this.removeQueued(job.name, 'job replaced for another platform', now);
+        this.db.prepare('DELETE FROM jobs WHERE name = ?').run(job.name);
+      }
+      this.db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
+        JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, existing?.createdAt ?? job.createdAt);
+      const enqueued = this.isDropped(job.platform) ? null : this.enqueueLocked(job.name, job.platform, false, now);
+      return { replaced: existing !== null, enqueued };
+    })();
+  }
+
+  /** Removes a job; its queued run (if any) is recorded as cancelled and returned. */
+  deleteJob(name: string, now: number): { existed: boolean; cancelled: string | null } {
+    return this.db.transaction(() => {
+      const cancelled = this.removeQueued(name, 'job unscheduled', now);
+      return { existed: this.db.prepare('DELETE FROM jobs WHERE name = ?').run(name).changes > 0, cancelled };
+    })();
+  }
+
+  setSchedule(name: string, nextDue: number | null, period: Period | null): boolean {
+    const result = period === null
+      ? this.db.prepare('UPDATE jobs SET next_due = ? WHERE name = ?').run(nextDue, name)
+      : this.db.prepare('UPDATE jobs SET next_due = ?, period = ? WHERE name = ?').run(nextDue, JSON.stringify(period), name);
+    return result.changes > 0;
+  }
+
+  /** The earliest due time of any schedule, or null if nothing is ever due. */
+  earliestDue(): number | null {
+    const row = this.db.prepare('SELECT MIN(next_due) AS due FROM jobs WHERE next_due IS NOT NULL').get() as { due: number | null };
+    return row.due;
+  }
+
+  /**
+   * Queues every job due at `now` (unless already queued or its platform is dropped) and moves each
+   * schedule to its next due time, all in one transaction.
+   */
+  enqueueDue(now: number, next: (job: JobRecord) => number | null): Enqueued[] {
+    return this.db.transaction(() => {
+      const due = (this.db.prepare('SELECT * FROM jobs WHERE next_due IS NOT NULL AND next_due <= ? ORDER BY next_due, name').all(now) as JobRow[]).map(toJob);
+      const queued: Enqueued[] = [];
+      const update = this.db.prepare('UPDATE jobs SET next_due = ? WHERE name = ?');
+      for (const job of due) {
+        update.run(next(job), job.name);
+        if (this.isDropped(job.platform)) continue;
+        const enqueued = this.enqueueLocked(job.name, job.platform, false, now);
+        if (enqueued.fresh) queued.push(enqueued);
+      }
+      return queued;
+    })();
+  }
+
+  // ---- queue ----------------------------------------------------------------------------------------
+
+  /** Queues a run of `name` at the back (or the front). A job already waiting is not queued twice. */
+  enqueue(name: string, front: boolean, now: number): Enqueued {
+    return this.db.transaction(() => {
+      const job = this.getJob(name);
+      if (job === null) throw new StoreError(`unknown job ${name}`);
+      if (this.isDropped(job.platform)) throw new StoreError(`platform ${job.platform} is dropped; run undrop-platform ${job.platform} first`);
+      return this.enqueueLocked(name, job.platform, front, now);
+    })();
+  }
+
+  private enqueueLocked(name: string, platform: string, front: boolean, now: number): Enqueued {
+    const waiting = this.db.prepare('SELECT run_uuid FROM queue WHERE job = ?').get(name) as { run_uuid: string } | undefined;
+    const position = (this.db.prepare(`SELECT ${front ? 'MIN(position) - 1' : 'MAX(position) + 1'} AS p FROM queue WHERE platform = ?`)
+      .get(platform) as { p: number | null }).p ?? 0;
+    if (waiting !== undefined) {
+      if (front) this.db.prepare('UPDATE queue SET position = ? WHERE run_uuid = ?').run(position, waiting.run_uuid);
+      return { uuid: waiting.run_uuid, job: name, platform, fresh: false };
+    }
+    const uuid = randomUUID();
+    this.db.prepare(`INSERT INTO runs (uuid, job, platform, state, queued_at) VALUES (?, ?, ?, 'queued', ?)`).run(uuid, name, platform, now);
+    this.db.prepare('INSERT INTO queue (run_uuid, job, platform, position) VALUES (?, ?, ?, ?)').run(uuid, name, platform, position);
+    return { uuid, job: name, platform, fresh: true };
+  }
+
+  private removeQueued(name: string, message: string, now: number): string | null {
+    const waiting = this.db.prepare('SELECT run_uuid FROM queue WHERE job = ?').get(name) as { run_uuid: string } | undefined;
+    if (waiting === undefined) return null;
+    this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(waiting.run_uuid);
+    this.finishLocked(waiting.run_uuid, { kind: 'cancelled', message }, now);
+    return waiting.run_uuid;
+  }
+
+  /** The front of a platform's queue, without taking it. */
+  queueFront(platform: string): { uuid: string; job: JobRecord } | null {
+    const row = this.db.prepare('SELECT run_uuid, job FROM queue WHERE platform = ? ORDER BY position LIMIT 1').get(platform) as
+      { run_uuid: string; job: string } | undefined;
+    if (row === undefined) return null;
+    const job = this.getJob(row.job);
+    if (job === null) throw new Error(`queue entry ${row.run_uuid} names job ${row.job}, which does not exist`);
+    return { uuid: row.run_uuid, job };
+  }
+
+  queues(): Record<string, QueueEntry[]> {
+    const rows = this.db.prepare(`SELECT q.platform, q.run_uuid, q.job, r.queued_at FROM queue q JOIN runs r ON r.uuid = q.run_uuid
+      ORDER BY q.platform, q.position`).all() as { platform: string; run_uuid: string; job: string; queued_at: number }[];
+    const queues: Record<string, QueueEntry[]> = {};
+    for (const row of rows) (queues[row.platform] ??= []).push({ uuid: row.run_uuid, job: row.job, queuedAt: row.queued_at });
+    return queues;
+  }
+
+  /** Platforms that have at least one queued run. */
+  queuedPlatforms(): string[] {
+    return (this.db.prepare('SELECT DISTINCT platform FROM queue').all() as { platform: string }[]).map((row) => row.platform);
+  }
+
+  // ---- runs -------------------------------------------------------------------------------------------
+
+  /** Takes a queued run off its queue and records it as running on `worker` with its rendered script. */
+  startRun(uuid: string, worker: string, source: JobSource, script: string, now: number): void {
+    this.db.transaction(() => {
+      if (this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(uuid).changes !== 1) throw new Error(`run ${uuid} is not queued`);
+      this.db.prepare(`UPDATE runs SET state = 'running', worker = ?, source = ?, script = ?, started_at = ? WHERE uuid = ?`)
+        .run(worker, JSON.stringify(source), script, now, uuid);
+    })();
+  }
+
+  /** Records how a run ended, with its artifacts, in one transaction. */
+  finishRun(uuid: string, outcome: Outcome, now: number, artifacts: Artifact[] = [], consoleLines = 0): void {
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(uuid);
+      this.finishLocked(uuid, outcome, now, consoleLines);
+      const insert = this.db.prepare('INSERT INTO artifacts (run_uuid, path, size, sha256) VALUES (?, ?, ?, ?)');
+      for (const artifact of artifacts) insert.run(uuid, artifact.path, artifact.size, artifact.sha256);
+    })();
+  }
+
+  private finishLocked(uuid: string, outcome: Outcome, now: number, consoleLines = 0): void {
+    const changed = this.db.prepare(`UPDATE runs SET state = 'finished', outcome = ?, finished_at = ?, console_lines = ?
+      WHERE uuid = ? AND state != 'finished'`).run(JSON.stringify(outcome), now, consoleLines, uuid).changes;
+    if (changed !== 1) throw new StoreError(`run ${uuid} is not queued or running`);
+  }
+
+  /**
+   * A running run whose worker was lost: recorded as failed, and the job queued again at the front of
+   * its queue (if it still exists and its platform is not dropped). Returns the new run, if any.
+   */
+  loseRun(uuid: string, message: string, now: number, consoleLines: number): Enqueued | null {
+    return this.db.transaction(() => {
+      const run = this.getRun(uuid);
+      if (run === null || run.state !== 'running') return null;
+      this.finishLocked(uuid, { kind: 'worker-lost', message }, now, consoleLines);
+      const job = this.getJob(run.job);
+      if (job === null || this.isDropped(job.platform)) return null;
+      return this.enqueueLocked(job.name, job.platform, true, now);
+    })();
+  }
+
+  /** Cancels a queued run. Returns false if it was not queued. */
+  cancelQueued(uuid: string, message: string, now: number): boolean {
+    return this.db.transaction(() => {
+      if (this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(uuid).changes === 0) return false;
+      this.finishLocked(uuid, { kind: 'cancelled', message }, now);
+      return true;
+    })();
+  }
+
+  getRun(uuid: string): RunSummary | null {
+    const row = this.db.prepare('SELECT * FROM runs WHERE uuid = ?').get(uuid) as RunRow | undefined;
+    return row === undefined ? null : toRun(row);
+  }
+
+  runDetail(uuid: string): RunDetail | null {
+    const row = this.db.prepare('SELECT * FROM runs WHERE uuid = ?').get(uuid) as RunRow | undefined;
+    if (row === undefined) return null;
+    return {
+      ...toRun(row),
+      script: row.script,
+      source: row.source === null ? null : (JSON.parse(row.source) as JobSource),
+      consoleLines: row.console_lines,
+      artifacts: this.artifactsOf(uuid),
+    };
+  }
+
+  runsOfJob(name: string, limit: number): RunSummary[] {
+    return (this.db.prepare('SELECT * FROM runs WHERE job = ? ORDER BY queued_at DESC, rowid DESC LIMIT ?').all(name, limit) as RunRow[]).map(toRun);
+  }
+
+  /** The newest run, optionally of one job and/or platform. */
+  latestRun(job: string | null, platform: string | null): RunSummary | null {
+    const row = this.db.prepare(`SELECT * FROM runs WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR platform = ?2)
+      ORDER BY queued_at DESC, rowid DESC LIMIT 1`).get(job, platform) as RunRow | undefined;
+    return row === undefined ? null : toRun(row);
+  }
+
+  runsInState(state: RunState): RunSummary[] {
+    return (this.db.prepare('SELECT * FROM runs WHERE state = ? ORDER BY started_at, queued_at').all(state) as RunRow[]).map(toRun);
+  }
+
+  artifactsOf(uuid: string): Artifact[] {
+    return this.db.prepare('SELECT path, size, sha256 FROM artifacts WHERE run_uuid = ? ORDER BY path').all(uuid) as Artifact[];
+  }
+
+  // ---- platforms --------------------------------------------------------------------------------------
+
+  isDropped(platform: string): boolean {
+    return this.db.prepare('SELECT 1 FROM dropped_platforms WHERE platform = ?').get(platform) !== undefined;
+  }
+
+  droppedPlatforms(): string[] {
+    return (this.db.prepare('SELECT platform FROM dropped_platforms ORDER BY platform').all() as { platform: string }[]).map((row) => row.platform);
+  }
+
+  /** Stops queuing for a platform; what was waiting in its queue is recorded as cancelled. */
+  dropPlatform(platform: string, now: number): { already: boolean; cancelled: string[] } {
+    return this.db.transaction(() => {
+      const already = this.isDropped(platform);
+      this.db.prepare('INSERT OR IGNORE INTO dropped_platforms (platform) VALUES (?)').run(platform);
+      const waiting = this.db.prepare('SELECT run_uuid FROM queue WHERE platform = ?').all(platform) as { run_uuid: string }[];
+      for (const { run_uuid } of waiting) {
+        this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(run_uuid);
+        this.finishLocked(run_uuid, { kind: 'cancelled', message: `platform ${platform} dropped` }, now);
+      }
+      return { already, cancelled: waiting.map((row) => row.run_uuid) };
+    })();
+  }
+
+  undropPlatform(platform: string): boolean {
+    return this.db.prepare('DELETE FROM dropped_platforms WHERE platform = ?').run(platform).changes > 0;
+  }
+}
+
+/** A refusal the user can act on (unknown job, duplicate name, ...): its message is shown as is. */
+export class StoreError extends Error {}

@@ -1,0 +1,230 @@
+/**
+ * builder-worker: dials the server, says which platform it serves, asks for a job, runs it in a
+ * sandbox, streams its console, reports how it ended, uploads its artifacts, cleans up and exits
+ * (or, with --loop, asks for the next one). It knows only the protocol: no store, no SQL.
+ */
+import os from 'node:os';
+import { tarStream } from '../protocol/artifacts.js';
+import { type Connection, dial } from '../protocol/connection.js';
+import { HandshakeRefused, handshake } from '../protocol/handshake.js';
+import { ConnectionClosed, Inbox } from '../protocol/inbox.js';
+import { type JobAssignment, ServerToWorker, type Welcome } from '../protocol/messages.js';
+import type { ConsoleLine, Outcome } from '../protocol/types.js';
+import { describeOutcome } from '../protocol/types.js';
+import type { Sandbox } from './sandbox.js';
+import { ProcessSandbox } from './sandbox-process.js';
+import { SOFTWARE } from './version.js';
+
+export interface WorkerOptions {
+  platform: string;
+  remote: string;
+  labels: string[];
+  loop: boolean;
+  hostname: string;
+  /** Directory for the per-job builder-XXXXXX directories. */
+  tmpDir?: string;
+  /** Milliseconds between SIGTERM and SIGKILL when a job is cancelled or times out. */
+  killGraceMs?: number;
+  /** Longest wait between reconnection attempts while idle, in milliseconds. */
+  maxBackoffMs?: number;
+  /** Where the worker says what it does (one line each); stderr by default. */
+  say?: (line: string) => void;
+  /** A factory for the sandbox each job runs in. */
+  sandbox?: () => Sandbox;
+}
+
+/** Exit statuses of builder-worker. */
+export const WORKER_EXIT = {
+  ok: 0,
+  usage: 1,
+  /** The server refused us: wrong protocol version, invalid hello. Retrying would not help. */
+  refused: 2,
+  /** The connection to the server was lost while a job ran; the job was stopped. */
+  lostServer: 3,
+} as const;
+
+type Session = { conn: Connection; inbox: Inbox<ServerToWorker>; welcome: Welcome };
+
+const OUTPUT_BATCH_MS = 20;
+const OUTPUT_BATCH_LINES = 1000;
+const OUTPUT_BATCH_BYTES = 256 * 1024;
+
+export async function runWorker(options: WorkerOptions): Promise<number> {
+  const say = options.say ?? ((line: string) => process.stderr.write(`builder-worker: ${line}\n`));
+  let session: Session | null = null;
+  for (;;) {
+    if (session === null || session.conn.isClosed) {
+      try {
+        session = await connect(options, say);
+      } catch (error) {
+        if (error instanceof HandshakeRefused) {
+          say(error.message);
+          return WORKER_EXIT.refused;
+        }
+        throw error;
+      }
+    }
+    session.conn.send({ type: 'request-job' });
+    let job: JobAssignment;
+    try {
+      job = await nextJob(session.inbox);
+    } catch (error) {
+      if (error instanceof ConnectionClosed) {
+        if (error.fatal !== null) {
+          say(`the server closed the connection: ${error.fatal}`);
+          return WORKER_EXIT.refused;
+        }
+        say(`lost the connection to ${options.remote} while waiting for a job (${error.reason}); reconnecting`);
+        session = null;
+        continue;
+      }
+      throw error;
+    }
+    const code = await runJob(session, job, options, say);
+    if (code !== WORKER_EXIT.ok) return code;
+    if (!options.loop) {
+      session.conn.close();
+      return WORKER_EXIT.ok;
+    }
+  }
+}
+
+/** Dials until the server answers, waiting longer after each failure (0.5 s doubling up to the maximum). */
+async function connect(options: WorkerOptions, say: (line: string) => void): Promise<Session> {
+  let delay = 500;
+  for (;;) {
+    let conn: Connection;
+    try {
+      conn = await dial(options.remote);
+    } catch (error) {
+      const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      say(`cannot reach the server at ${options.remote} (${reason}); retrying in ${(delay / 1000).toFixed(1)}s (--remote or BUILDER_REMOTE sets the address)`);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, options.maxBackoffMs ?? 30_000);
+      continue;
+    }
+    const inbox = new Inbox(conn, ServerToWorker);
+    try {
+      const welcome = await handshake(inbox, {
+        role: 'worker', software: SOFTWARE, platform: options.platform, labels: options.labels, hostname: options.hostname,
+      });
+      say(`connected to ${options.remote} (${welcome.software}) as a ${options.platform} worker`);
+      return { conn, inbox, welcome };
+    } catch (error) {
+      if (error instanceof ConnectionClosed) {
+        say(`the connection to ${options.remote} closed during the hello (${error.reason}); retrying in ${(delay / 1000).toFixed(1)}s`);
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(delay * 2, options.maxBackoffMs ?? 30_000);
+        continue;
+      }
+      throw error;
+    }
+  }
+}
+
+async function nextJob(inbox: Inbox<ServerToWorker>): Promise<JobAssignment> {
+  for (;;) {
+    const message = await inbox.next();
+    if (message.type === 'job') return message;
+    // Anything else while idle (a late ack, a cancel for a run we no longer have) needs no answer.
+  }
+}
+
+/** Runs one job start to finish. Returns WORKER_EXIT.ok, or lostServer if the connection went away. */
+async function runJob(session: Session, job: JobAssignment, options: WorkerOptions, say: (line: string) => void): Promise<number> {
+  const { conn, inbox, welcome } = session;
+  const sandbox = options.sandbox?.() ?? new ProcessSandbox({ tmpDir: options.tmpDir, killGraceMs: options.killGraceMs });
+  const started = Date.now();
+  say(`running ${job.name} (run ${job.uuid})`);
+
+  let lost = false;
+  inbox.listener = (message) => {
+    if (message.type === 'cancel-run' && message.uuid === job.uuid) {
+      say(`cancelling ${job.name}: ${message.message}`);
+      sandbox.kill({ kind: 'cancel', message: message.message });
+      return true;
+    }
+    return false;
+  };
+  inbox.onClose = () => {
+    lost = true;
+    sandbox.kill({ kind: 'lost' });
+  };
+  const heartbeat = setInterval(() => conn.send({ type: 'heartbeat', uuid: job.uuid }), welcome.heartbeatSeconds * 1000);
+
+  // Console lines are batched for a few milliseconds; when the socket backs up, the job's output
+  // is paused, so a slow server slows the job down instead of filling the worker's memory.
+  let batch: ConsoleLine[] = [];
+  let batchBytes = 0;
+  let batchTimer: NodeJS.Timeout | null = null;
+  const flush = (): void => {
+    if (batchTimer !== null) clearTimeout(batchTimer);
+    batchTimer = null;
+    if (batch.length === 0) return;
+    const lines = batch;
+    batch = [];
+    batchBytes = 0;
+    if (!conn.send({ type: 'output', uuid: job.uuid, lines })) {
+      sandbox.setPaused(true);
+      void conn.drained().then(() => sandbox.setPaused(false));
+    }
+  };
+  const emit = (lines: ConsoleLine[]): void => {
+    for (const line of lines) {
+      batch.push(line);
+      batchBytes += line.text.length + 16;
+    }
+    if (batch.length >= OUTPUT_BATCH_LINES || batchBytes >= OUTPUT_BATCH_BYTES) flush();
+    else batchTimer ??= setTimeout(flush, OUTPUT_BATCH_MS);
+  };
+  const note = (text: string): void => emit([{ at: Date.now() - started, stream: 'builder', text }]);
+
+  let outcome: Outcome;
+  try {
+    await sandbox.prepare({ uuid: job.uuid, name: job.name, platform: job.platform, script: job.script, timeoutSeconds: job.timeoutSeconds });
+    outcome = await sandbox.run({ lines: emit });
+    flush();
+  } catch (error) {
+    outcome = { kind: 'error', message: (error as Error).message };
+  }
+  if (!lost && outcome.kind !== 'error') {
+    try {
+      for await (const chunk of tarStream(sandbox.collect(note))) {
+        if (lost) break;
+        if (!conn.send({ type: 'upload', uuid: job.uuid, chunk })) await conn.drained();
+      }
+    } catch (error) {
+      note(`cannot upload artifacts: ${(error as Error).message}`);
+      outcome = { kind: 'error', message: `${describeOutcome(outcome)}, but its artifacts could not be read: ${(error as Error).message}` };
+    }
+  }
+  flush();
+  clearInterval(heartbeat);
+  await sandbox.cleanUp();
+
+  if (lost) {
+    inbox.listener = null;
+    inbox.onClose = null;
+    say(`lost the connection to the server while running ${job.name}; the job was stopped (the server queues it again)`);
+    return WORKER_EXIT.lostServer;
+  }
+  conn.send({ type: 'finished', uuid: job.uuid, outcome });
+  try {
+    for (;;) {
+      const message = await inbox.next();
+      if (message.type === 'finished-ack' && message.uuid === job.uuid) break;
+    }
+  } catch {
+    say(`lost the connection to the server before it confirmed run ${job.uuid}; the server queues it again`);
+    return WORKER_EXIT.lostServer;
+  } finally {
+    inbox.listener = null;
+    inbox.onClose = null;
+  }
+  say(`${job.name} (run ${job.uuid}) ${describeOutcome(outcome)}`);
+  return WORKER_EXIT.ok;
+}
+
+export function defaultHostname(): string {
+  return os.hostname();
+}

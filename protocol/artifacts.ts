@@ -1,0 +1,128 @@
+/**
+ * Artifacts travel as a plain ustar/pax stream, cut into chunk frames by the sender. Both directions
+ * (worker → server upload, server → client fetch) use these helpers, so the rules about which entries
+ * and which paths are acceptable live in one place.
+ */
+import { Header, Parser, Pax, type ReadEntry } from 'tar';
+import { CHUNK_BYTES } from './messages.js';
+
+const BLOCK = 512;
+
+/** Why a path may not be an artifact path, or null when it may. */
+export function artifactPathProblem(path: string): string | null {
+  if (path.length === 0) return 'empty path';
+  if (Buffer.byteLength(path) > 4096) return 'path longer than 4096 bytes';
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(path)) return 'path contains a control character (newline, NUL, ...)';
+  if (path.startsWith('/')) return 'absolute path';
+  const parts = path.split('/');
+  if (parts.some((part) => part === '..')) return "path contains '..'";
+  if (parts.some((part) => part === '' || part === '.')) return 'path has an empty or "." component';
+  return null;
+}
+
+/** One file to put into the stream. `chunks` must yield exactly `size` bytes. */
+export interface TarSource {
+  path: string;
+  size: number;
+  mode?: number;
+  chunks(): AsyncIterable<Buffer>;
+}
+
+function headerBlocks(path: string, size: number, mode: number): Buffer[] {
+  const data = { path, mode, size, uid: 0, gid: 0, uname: '', gname: '', mtime: new Date(0), type: 'File' as const };
+  const header = new Header(data);
+  const needPax = header.encode();
+  const blocks: Buffer[] = [];
+  if (needPax || Buffer.byteLength(path) >= 100) blocks.push(new Pax({ ...data, atime: undefined, ctime: undefined }).encode());
+  if (header.block === undefined) throw new Error(`could not encode a tar header for ${path}`);
+  blocks.push(header.block);
+  return blocks;
+}
+
+/**
+ * Produces the tar stream for `sources` in pieces of at most CHUNK_BYTES. Small files are coalesced
+ * into one piece so that 10,000 tiny artifacts do not cost 30,000 frames.
+ */
+export async function* tarStream(sources: AsyncIterable<TarSource> | Iterable<TarSource>): AsyncGenerator<Buffer> {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  function* add(buf: Buffer): Generator<Buffer> {
+    if (pendingBytes + buf.length > CHUNK_BYTES && pendingBytes > 0) {
+      yield Buffer.concat(pending, pendingBytes);
+      pending = [];
+      pendingBytes = 0;
+    }
+    for (let offset = 0; offset < buf.length; offset += CHUNK_BYTES) {
+      const piece = buf.subarray(offset, offset + CHUNK_BYTES);
+      if (piece.length === CHUNK_BYTES) yield piece;
+      else {
+        pending.push(piece);
+        pendingBytes += piece.length;
+      }
+    }
+  }
+  for await (const source of sources) {
+    for (const block of headerBlocks(source.path, source.size, source.mode ?? 0o644)) yield* add(block);
+    let written = 0;
+    for await (const chunk of source.chunks()) {
+      if (written + chunk.length > source.size) throw new Error(`${source.path} grew while it was being sent`);
+      written += chunk.length;
+      yield* add(chunk);
+    }
+    if (written !== source.size) throw new Error(`${source.path} shrank while it was being sent`);
+    const padding = (BLOCK - (source.size % BLOCK)) % BLOCK;
+    if (padding > 0) yield* add(Buffer.alloc(padding));
+  }
+  yield* add(Buffer.alloc(2 * BLOCK));
+  if (pendingBytes > 0) yield Buffer.concat(pending, pendingBytes);
+}
+
+export interface TarFileHandler {
+  /** A regular file with an acceptable path. Consume `entry` (a readable stream of its bytes). */
+  file(path: string, size: number, entry: ReadEntry): void;
+  /** An entry that was refused; the stream stops being useful after this. */
+  refuse(reason: string): void;
+}
+
+/**
+ * A tar parser that accepts only regular files (and directories, which are implied and skipped) with
+ * safe relative paths. Symlinks, hard links, devices and FIFOs are refused by type, before any data.
+ */
+export function artifactParser(handler: TarFileHandler): Parser {
+  let refused = false;
+  const refuse = (reason: string): void => {
+    if (refused) return;
+    refused = true;
+    handler.refuse(reason);
+  };
+  const parser = new Parser({
+    strict: true,
+    onReadEntry: (entry: ReadEntry) => {
+      if (refused) {
+        entry.resume();
+        return;
+      }
+      const path = entry.path.replace(/\/+$/, '');
+      const problem = artifactPathProblem(path);
+      if (problem !== null) {
+        refuse(`artifact ${JSON.stringify(entry.path)} refused: ${problem}`);
+        entry.resume();
+        return;
+      }
+      if (entry.type === 'Directory') {
+        entry.resume();
+        return;
+      }
+      if (entry.type !== 'File' && entry.type !== 'OldFile' && entry.type !== 'ContiguousFile') {
+        refuse(`artifact ${JSON.stringify(path)} refused: it is a ${entry.type}, only regular files are artifacts`);
+        entry.resume();
+        return;
+      }
+      handler.file(path, entry.size ?? 0, entry);
+    },
+  });
+  parser.on('error', (error: Error) => refuse(`artifact stream is not a valid tar stream: ${error.message}`));
+  parser.on('warn', (_code: string, message: string | Error) => refuse(`artifact stream is not a valid tar stream: ${String(message)}`));
+  return parser;
+}

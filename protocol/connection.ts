@@ -1,0 +1,166 @@
+/**
+ * A framed, message-oriented connection over a TCP socket, used by all three programs.
+ * It decodes frames as bytes arrive, hands each decoded value on in order, and turns a bad frame
+ * into a one-line fatal error for the peer followed by closing the connection.
+ */
+import net from 'node:net';
+import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, encodeFrame } from './frame.js';
+import type { AnyMessage } from './messages.js';
+
+export interface ConnectionHandlers {
+  /** One decoded (not yet validated) value. */
+  message(value: unknown): void;
+  /** The connection is gone; `reason` says why in a few words. Called exactly once. */
+  close(reason: string): void;
+}
+
+export class Connection {
+  private readonly decoder: FrameDecoder;
+  private closed = false;
+  private handlers: ConnectionHandlers | null = null;
+  private early: unknown[] = [];
+  private closeReason: string | null = null;
+  readonly peer: string;
+
+  constructor(readonly socket: net.Socket, maxFrameBytes: number = DEFAULT_MAX_FRAME_BYTES) {
+    this.decoder = new FrameDecoder(maxFrameBytes);
+    this.peer = formatPeer(socket);
+    socket.setNoDelay(true);
+    socket.on('data', (data: Buffer) => this.receive(data));
+    socket.on('error', (error: NodeJS.ErrnoException) => this.finish(error.code ?? error.message));
+    socket.on('close', () => this.finish('connection closed'));
+    socket.on('end', () => {
+      if (this.decoder.pending > 0) this.finish('connection closed in the middle of a frame');
+      socket.end();
+    });
+  }
+
+  /** Starts delivering messages. Bytes that arrived before are buffered by the socket until then. */
+  start(handlers: ConnectionHandlers): void {
+    this.handlers = handlers;
+    const early = this.early.splice(0);
+    for (const value of early) if (!this.closed) handlers.message(value);
+    if (this.closed && this.closeReason !== null) handlers.close(this.closeReason);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Bytes written but not yet handed to the kernel: what a slow peer costs us. */
+  get backlog(): number {
+    return this.socket.writableLength;
+  }
+
+  /** Sends one message. Returns false when the socket's buffer is full (see `drained`). */
+  send(message: AnyMessage): boolean {
+    if (this.closed || this.socket.destroyed) return false;
+    return this.socket.write(encodeFrame(message));
+  }
+
+  /** Resolves once the socket's write buffer has been flushed (or the connection closed). */
+  drained(): Promise<void> {
+    if (this.closed || !this.socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
+  }
+
+  /** Sends a fatal error message, then closes the connection once it is written. */
+  fail(message: string): void {
+    if (this.closed) return;
+    this.send({ type: 'error', message });
+    this.finish(message);
+    this.socket.end();
+    // A peer that never reads must not keep the socket open forever.
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+  }
+
+  /** Closes without a message. */
+  close(): void {
+    this.finish('closed by us');
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    if (!this.closed) this.socket.resume();
+  }
+
+  private receive(data: Buffer): void {
+    if (this.closed) return;
+    let values: unknown[];
+    try {
+      values = this.decoder.push(data);
+    } catch (error) {
+      if (error instanceof FrameError) {
+        this.fail(`protocol error: ${error.message}`);
+        return;
+      }
+      throw error;
+    }
+    for (const value of values) {
+      if (this.closed) return;
+      if (this.handlers) this.handlers.message(value);
+      else this.early.push(value);
+    }
+  }
+
+  private finish(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeReason = reason;
+    this.handlers?.close(reason);
+  }
+}
+
+function formatPeer(socket: net.Socket): string {
+  const address = socket.remoteAddress ?? 'unknown';
+  return address.includes(':') ? `[${address}]:${socket.remotePort}` : `${address}:${socket.remotePort}`;
+}
+
+/** Parses HOST:PORT, [IPV6]:PORT or :PORT. Throws an Error with a one-line explanation. */
+export function parseAddress(text: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text.trim());
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || !(port >= 0 && port <= 65535)) {
+    throw new Error(`invalid address '${text}': expected HOST:PORT, for example 127.0.0.1:1234`);
+  }
+  return { host: match[1] ?? (match[2] || '127.0.0.1'), port };
+}
+
+export function formatAddress(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** Opens a TCP connection. Rejects with the socket's error (ECONNREFUSED and friends). */
+export function dial(address: string, maxFrameBytes?: number, timeoutMs = 10000): Promise<Connection> {
+  const { host, port } = parseAddress(address);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(Object.assign(new Error(`timed out after ${timeoutMs / 1000}s`), { code: 'ETIMEDOUT' }));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeListener('error', onError);
+      resolve(new Connection(socket, maxFrameBytes));
+    });
+    const onError = (error: Error): void => {
+      clearTimeout(timer);
+      reject(error);
+    };
+    socket.once('error', onError);
+  });
+}

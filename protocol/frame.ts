@@ -1,0 +1,85 @@
+/**
+ * Frames: a 4-byte big-endian unsigned length, then that many bytes holding one msgpack value.
+ * The decoder accepts bytes in whatever pieces TCP delivers them and refuses a frame whose declared
+ * length is over the maximum as soon as the 4 length bytes are in, before buffering any of it.
+ */
+import { Packr } from 'msgpackr';
+
+export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+// Plain msgpack maps and arrays (no msgpackr record extension) so that any msgpack peer can talk to us.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
+
+export class FrameError extends Error {}
+
+export function encodeFrame(value: unknown): Buffer {
+  const body = packr.pack(value);
+  const frame = Buffer.allocUnsafe(4 + body.length);
+  frame.writeUInt32BE(body.length, 0);
+  body.copy(frame, 4);
+  return frame;
+}
+
+/** Decodes the body of one frame. Throws FrameError on anything that is not exactly one msgpack value. */
+export function decodeBody(body: Buffer): unknown {
+  if (body.length === 0) throw new FrameError('empty frame: a frame holds exactly one msgpack value');
+  let values: unknown[];
+  try {
+    values = packr.unpackMultiple(body) as unknown[];
+  } catch (error) {
+    throw new FrameError(`undecodable frame: not valid msgpack (${(error as Error).message})`);
+  }
+  if (values.length !== 1) throw new FrameError(`frame holds ${values.length} msgpack values, expected exactly one`);
+  return values[0];
+}
+
+export class FrameDecoder {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private expected = -1;
+
+  constructor(readonly maxFrameBytes: number = DEFAULT_MAX_FRAME_BYTES) {}
+
+  /** Feeds bytes; returns every complete value they finish. Throws FrameError on a bad frame. */
+  push(data: Buffer): unknown[] {
+    this.chunks.push(data);
+    this.buffered += data.length;
+    const values: unknown[] = [];
+    for (;;) {
+      if (this.expected < 0) {
+        if (this.buffered < 4) break;
+        const length = this.take(4).readUInt32BE(0);
+        if (length > this.maxFrameBytes) {
+          throw new FrameError(`frame of ${length} bytes is over the maximum of ${this.maxFrameBytes} bytes`);
+        }
+        this.expected = length;
+      }
+      if (this.buffered < this.expected) break;
+      const body = this.take(this.expected);
+      this.expected = -1;
+      values.push(decodeBody(body));
+    }
+    return values;
+  }
+
+  /** Bytes received that do not yet form a whole frame. */
+  get pending(): number {
+    return this.buffered;
+  }
+
+  private take(n: number): Buffer {
+    const first = this.chunks[0];
+    if (first !== undefined && first.length >= n) {
+      const out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      this.buffered -= n;
+      return out;
+    }
+    const all = Buffer.concat(this.chunks);
+    const out = all.subarray(0, n);
+    this.chunks = all.length > n ? [all.subarray(n)] : [];
+    this.buffered -= n;
+    return out;
+  }
+}

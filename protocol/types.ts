@@ -1,0 +1,156 @@
+/**
+ * The core types of builder, shared by server, worker and client.
+ *
+ * Terminology — use these words the same way in code, CLI, protocol and web view:
+ *
+ *   job       a named piece of work: a platform plus a script (or a template and its variables).
+ *             Job names are unique.
+ *   schedule  when a job is queued: every N seconds, a cron expression, or never (only by hand).
+ *   platform  the kind of machine a job needs, e.g. "debian-12" or "freebsd-14". One queue each.
+ *   worker    a process that runs one job at a time for one platform, and uploads what it built.
+ *   run       one execution of a job, identified by a UUID from the moment it is queued.
+ *   artifact  a file a run left in its working directory, stored by SHA-256.
+ *   template  a Handlebars script per platform, rendered with the job's variables at dispatch.
+ *
+ * Each type is a zod schema, and the TypeScript type is inferred from it: the schema is the single
+ * source for both the static type and the validation of what arrives on the wire.
+ */
+import { z } from 'zod';
+
+/** Names of jobs, platforms and templates: no spaces, no slashes, nothing that needs quoting. */
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
+export const Name = z.string().regex(NAME_PATTERN, 'must be 1-128 characters of A-Z a-z 0-9 . _ + - and start with a letter or digit');
+
+export const Uuid = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'must be a lowercase UUID');
+
+/** Milliseconds since the Unix epoch. */
+export const Timestamp = z.number().int().nonnegative();
+
+/** When a job is queued. `every` counts seconds; `cron` is a 5- or 6-field cron expression. */
+export const Period = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('every'), seconds: z.number().int().min(1).max(10 * 365 * 86400) }),
+  z.object({ kind: z.literal('cron'), expression: z.string().min(1).max(256) }),
+  z.object({ kind: z.literal('never') }),
+]);
+export type Period = z.infer<typeof Period>;
+
+/** Template variables: string to string. */
+export const Vars = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'variable names are identifiers'), z.string().max(65536));
+export type Vars = z.infer<typeof Vars>;
+
+/** What a job runs: a plain script, or a template and its variables. */
+export const JobSource = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('script'), script: z.string().max(1024 * 1024) }),
+  z.object({ kind: z.literal('template'), template: Name, vars: Vars }),
+]);
+export type JobSource = z.infer<typeof JobSource>;
+
+/**
+ * How a run ended. The worker reports exited/signalled/stopped/error/timeout/cancelled;
+ * only the server records `worker-lost` (the worker disconnected or went silent mid-run).
+ */
+export const Outcome = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('exited'), code: z.number().int().min(0).max(255) }),
+  z.object({ kind: z.literal('signalled'), signal: z.number().int().min(1).max(128) }),
+  z.object({ kind: z.literal('stopped'), signal: z.number().int().min(1).max(128) }),
+  z.object({ kind: z.literal('error'), message: z.string().max(4096) }),
+  z.object({ kind: z.literal('timeout'), seconds: z.number().int().nonnegative() }),
+  z.object({ kind: z.literal('cancelled'), message: z.string().max(4096) }),
+  z.object({ kind: z.literal('worker-lost'), message: z.string().max(4096) }),
+]);
+export type Outcome = z.infer<typeof Outcome>;
+
+export const RunState = z.enum(['queued', 'running', 'finished']);
+export type RunState = z.infer<typeof RunState>;
+
+/** One line of a run's console: milliseconds since the run started, which stream, the text. */
+export const ConsoleLine = z.object({
+  at: z.number().int().nonnegative(),
+  stream: z.enum(['out', 'err', 'builder']),
+  text: z.string(),
+});
+export type ConsoleLine = z.infer<typeof ConsoleLine>;
+
+export const Artifact = z.object({
+  path: z.string().min(1).max(4096),
+  size: z.number().int().nonnegative(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type Artifact = z.infer<typeof Artifact>;
+
+/** A run as listed by `results`, `info` and `observe`. */
+export const RunSummary = z.object({
+  uuid: Uuid,
+  job: Name,
+  platform: Name,
+  state: RunState,
+  worker: z.string().nullable(),
+  queuedAt: Timestamp,
+  startedAt: Timestamp.nullable(),
+  finishedAt: Timestamp.nullable(),
+  outcome: Outcome.nullable(),
+});
+export type RunSummary = z.infer<typeof RunSummary>;
+
+/** Everything known about one run (`show`). */
+export const RunDetail = RunSummary.extend({
+  script: z.string().nullable(),
+  source: JobSource.nullable(),
+  consoleLines: z.number().int().nonnegative(),
+  artifacts: z.array(Artifact),
+});
+export type RunDetail = z.infer<typeof RunDetail>;
+
+export const JobInfo = z.object({
+  name: Name,
+  platform: Name,
+  source: JobSource,
+  period: Period,
+  nextDue: Timestamp.nullable(),
+  timeoutSeconds: z.number().int().positive().nullable(),
+});
+export type JobInfo = z.infer<typeof JobInfo>;
+
+export const WorkerInfo = z.object({
+  id: z.string(),
+  platform: Name,
+  labels: z.array(z.string()),
+  hostname: z.string(),
+  version: z.string(),
+  address: z.string(),
+  connectedAt: Timestamp,
+  lastSeen: Timestamp,
+  run: Uuid.nullable(),
+});
+export type WorkerInfo = z.infer<typeof WorkerInfo>;
+
+export const QueueEntry = z.object({ uuid: Uuid, job: Name, queuedAt: Timestamp });
+export type QueueEntry = z.infer<typeof QueueEntry>;
+
+export const Info = z.object({
+  jobs: z.array(JobInfo),
+  queues: z.record(z.string(), z.array(QueueEntry)),
+  running: z.array(RunSummary),
+  dropped: z.array(Name),
+  workers: z.number().int().nonnegative(),
+});
+export type Info = z.infer<typeof Info>;
+
+/** Outcomes that count as success: only a clean exit 0. */
+export function isSuccess(outcome: Outcome | null): boolean {
+  return outcome !== null && outcome.kind === 'exited' && outcome.code === 0;
+}
+
+/** One short phrase for an outcome, as printed by the CLI and written to logs. */
+export function describeOutcome(outcome: Outcome | null): string {
+  if (outcome === null) return 'not finished';
+  switch (outcome.kind) {
+    case 'exited': return `exited ${outcome.code}`;
+    case 'signalled': return `signalled ${outcome.signal}`;
+    case 'stopped': return `stopped ${outcome.signal}`;
+    case 'error': return `error: ${outcome.message}`;
+    case 'timeout': return `timeout after ${outcome.seconds}s`;
+    case 'cancelled': return `cancelled: ${outcome.message}`;
+    case 'worker-lost': return `worker lost: ${outcome.message}`;
+  }
+}
