@@ -354,8 +354,8 @@ export class Store {
 
   /** The newest run, optionally of one job and/or platform. */
   latestRun(job: string | null, platform: string | null): RunSummary | null {
-    const row = this.db.prepare(`SELECT * FROM runs WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR platform = ?2)
-      ORDER BY queued_at DESC, rowid DESC LIMIT 1`).get(job, platform) as RunRow | undefined;
+    const row = this.db.prepare(`SELECT * FROM runs WHERE (@job IS NULL OR job = @job) AND (@platform IS NULL OR platform = @platform)
+      ORDER BY queued_at DESC, rowid DESC LIMIT 1`).get({ job, platform }) as RunRow | undefined;
     return row === undefined ? null : toRun(row);
   }
 

@@ -41,7 +41,8 @@ function headerBlocks(path: string, size: number, mode: number): Buffer[] {
 }
 
 /**
- * Produces the tar stream for `sources` in pieces of at most CHUNK_BYTES. Small files are coalesced
+ * Produces the tar stream for `sources` in pieces of at most CHUNK_BYTES (nothing at all when there
+ * are no sources). Small files are coalesced
  * into one piece so that 10,000 tiny artifacts do not cost 30,000 frames.
  */
 export async function* tarStream(sources: AsyncIterable<TarSource> | Iterable<TarSource>): AsyncGenerator<Buffer> {
@@ -62,7 +63,9 @@ export async function* tarStream(sources: AsyncIterable<TarSource> | Iterable<Ta
       }
     }
   }
+  let files = 0;
   for await (const source of sources) {
+    files++;
     for (const block of headerBlocks(source.path, source.size, source.mode ?? 0o644)) yield* add(block);
     let written = 0;
     for await (const chunk of source.chunks()) {
@@ -74,6 +77,8 @@ export async function* tarStream(sources: AsyncIterable<TarSource> | Iterable<Ta
     const padding = (BLOCK - (source.size % BLOCK)) % BLOCK;
     if (padding > 0) yield* add(Buffer.alloc(padding));
   }
+  // No files, no stream at all: an archive of only end blocks is not one every tar reader accepts.
+  if (files === 0) return;
   yield* add(Buffer.alloc(2 * BLOCK));
   if (pendingBytes > 0) yield Buffer.concat(pending, pendingBytes);
 }

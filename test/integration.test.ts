@@ -1,0 +1,230 @@
+/**
+ * The builder loop end to end: a real server process, real workers running real /bin/sh jobs, the
+ * real client CLI, a real SQLite file, real TCP.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  type RunJson, type ServerHandle, PLATFORM, client, json, killAll, ok, scheduleScript, sha256, show, startServer,
+  startWorker, tempDir, waitFor, waitForState,
+} from './harness.js';
+
+let dir: string;
+let server: ServerHandle;
+
+beforeAll(async () => {
+  dir = tempDir();
+  server = await startServer(path.join(dir, 'state'));
+});
+
+afterAll(async () => {
+  await killAll();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('schedule → run → observe → fetch', () => {
+  it('shows the exact console lines and gives byte-identical artifacts', async () => {
+    const uuid = await scheduleScript(server, dir, 'hello', [
+      'echo "hello from $BUILDER_JOB on $BUILDER_PLATFORM"',
+      'echo "uuid $BUILDER_UUID"',
+      'echo "to stderr" >&2',
+      'mkdir -p out/nested',
+      'head -c 300000 /dev/urandom > out/nested/random.bin',
+      'printf "exact\\ncontent\\n" > notes.txt',
+      'sha256sum out/nested/random.bin notes.txt',
+    ].join('\n'), ['--every', '1d']);
+    expect(uuid).toMatch(/^[0-9a-f-]{36}$/);
+
+    const worker = startWorker(server, [], PLATFORM, dir);
+    expect((await worker.exit).code).toBe(0);
+
+    const observed = await client(server, ['observe', uuid]);
+    expect(observed.code).toBe(0);
+    const lines = observed.stdout.trimEnd().split('\n');
+    // Each line: seconds since start, a stream marker (| stdout, ! stderr), the text.
+    expect(lines[0]).toMatch(/^ +\d+\.\d{3} \| hello from hello on test-platform$/);
+    expect(lines[1]).toMatch(new RegExp(`^ +\\d+\\.\\d{3} \\| uuid ${uuid}$`));
+    expect(lines[2]).toMatch(/^ +\d+\.\d{3} ! to stderr$/);
+    expect(lines.at(-1)).toMatch(new RegExp(`^run ${uuid} of hello: exited 0, took \\d+\\.\\ds$`));
+
+    const raw = await client(server, ['observe', uuid, '--raw']);
+    const sums = raw.stdout.split('\n').filter((line) => /^[0-9a-f]{64}  /.test(line));
+    expect(sums).toHaveLength(2);
+    expect(raw.stderr).toContain('to stderr\n');
+
+    const out = path.join(dir, 'fetched');
+    const fetched = await client(server, ['fetch', uuid, '-o', out]);
+    expect(fetched.code).toBe(0);
+    for (const line of sums) {
+      const [hash, file] = line.split(/\s+/) as [string, string];
+      expect(sha256(fs.readFileSync(path.join(out, file)))).toBe(hash);
+    }
+    expect(fs.readFileSync(path.join(out, 'notes.txt'), 'utf8')).toBe('exact\ncontent\n');
+    expect(fs.readdirSync(out).sort()).toEqual(['notes.txt', 'out']);
+
+    const run = await show(server, uuid);
+    expect(run.status).toBe('success');
+    expect(run.artifacts?.map((a) => a.path)).toEqual(['notes.txt', 'out/nested/random.bin']);
+    expect(run.artifacts?.find((a) => a.path === 'notes.txt')?.sha256).toBe(sha256('exact\ncontent\n'));
+    const script = await ok(server, ['show', uuid, '--script']);
+    expect(script).toContain('head -c 300000 /dev/urandom');
+  });
+
+  it('records a job killed by a signal as signalled, and observe exits 3', async () => {
+    const uuid = await scheduleScript(server, dir, 'signalled', 'echo before\nkill -KILL $$\necho after\n');
+    const worker = startWorker(server, [], PLATFORM, dir);
+    expect((await worker.exit).code).toBe(0);
+    const run = await show(server, uuid);
+    expect(run.outcome).toEqual({ kind: 'signalled', signal: 9 });
+    const observed = await client(server, ['observe', uuid]);
+    expect(observed.code).toBe(3);
+    expect(observed.stdout).toContain('| before\n');
+    expect(observed.stdout).not.toContain('after');
+    expect(observed.stdout).toContain(`run ${uuid} of signalled: signalled 9`);
+  });
+
+  it('records a non-zero exit and stops at the first failing command (sh -e)', async () => {
+    const uuid = await scheduleScript(server, dir, 'fails', 'echo one\nfalse\necho two\n');
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    const run = await show(server, uuid);
+    expect(run.outcome).toEqual({ kind: 'exited', code: 1 });
+    expect(run.status).toBe('failed');
+    const raw = await client(server, ['observe', uuid, '--raw']);
+    expect(raw.stdout).toBe('one\n');
+    expect(raw.code).toBe(3);
+  });
+
+  it('kills a job that runs over its timeout, whole process group included', async () => {
+    const marker = path.join(dir, 'timeout-child-survived');
+    const uuid = await scheduleScript(server, dir, 'slow', `(sleep 3; touch ${marker}) &\necho started\nsleep 30\n`, ['--timeout', '1s']);
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    const run = await show(server, uuid);
+    expect(run.outcome).toEqual({ kind: 'timeout', seconds: 1 });
+    await new Promise((resolve) => setTimeout(resolve, 3500));
+    expect(fs.existsSync(marker)).toBe(false);
+  });
+
+  it('cancels a running run (SIGTERM to the group) and a queued one', async () => {
+    const uuid = await scheduleScript(server, dir, 'to-cancel', 'echo started\nsleep 30\n');
+    const worker = startWorker(server, [], PLATFORM, dir);
+    await waitForState(server, uuid, 'running');
+    expect((await client(server, ['cancel', uuid])).code).toBe(0);
+    expect((await worker.exit).code).toBe(0);
+    const run = await show(server, uuid);
+    expect(run.outcome?.kind).toBe('cancelled');
+
+    const queued = await scheduleScript(server, dir, 'queued-cancel', 'echo never\n');
+    expect((await show(server, queued)).state).toBe('queued');
+    const cancelled = await client(server, ['cancel', queued]);
+    expect(cancelled.code).toBe(0);
+    expect(cancelled.stdout).toContain(`cancelled queued run ${queued}`);
+    expect((await show(server, queued)).outcome).toEqual({ kind: 'cancelled', message: 'cancelled while queued' });
+    const again = await client(server, ['cancel', queued]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain('already finished');
+  });
+
+  it('an observer that starts late sees the full console, and two observers see the same', async () => {
+    const expected = Array.from({ length: 200 }, (_, i) => `line ${i + 1}`);
+    const uuid = await scheduleScript(server, dir, 'counting', 'i=1\nwhile [ $i -le 200 ]; do echo "line $i"; if [ $i = 100 ]; then sleep 1; fi; i=$((i+1)); done\n');
+    const early = client(server, ['observe', uuid, '--raw']);
+    const worker = startWorker(server, [], PLATFORM, dir);
+    await waitForState(server, uuid, 'running');
+    const during = client(server, ['observe', uuid, '--raw']);
+    expect((await worker.exit).code).toBe(0);
+    const late = await client(server, ['observe', uuid, '--raw']);
+    for (const result of [await early, await during, late]) {
+      expect(result.code).toBe(0);
+      expect(result.stdout.trimEnd().split('\n')).toEqual(expected);
+    }
+  });
+
+  it('observe-latest waits for the next run of a job', async () => {
+    const observer = client(server, ['observe-latest', '--job', 'latest-job', '--raw']);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await scheduleScript(server, dir, 'latest-job', 'echo newest\n');
+    startWorker(server, [], PLATFORM, dir);
+    const result = await observer;
+    expect(result.code).toBe(0);
+    expect(result.stdout).toBe('newest\n');
+  });
+});
+
+describe('queues and schedules', () => {
+  it('never queues a job twice; execute moves it to the front', async () => {
+    const platform = 'queue-order';
+    const file = path.join(dir, 'noop.sh');
+    fs.writeFileSync(file, 'true\n');
+    const a = (await ok(server, ['schedule', 'qa', platform, file])).trim();
+    const b = (await ok(server, ['schedule', 'qb', platform, file])).trim();
+    const c = (await ok(server, ['schedule', 'qc', platform, file])).trim();
+    const again = (await ok(server, ['execute', 'qa'])).trim();
+    expect(again).toBe(a);
+    const moved = (await ok(server, ['execute', 'qc'])).trim();
+    expect(moved).toBe(c);
+    const info = await json<{ queues: Record<string, { uuid: string; job: string }[]> }>(server, ['info']);
+    expect(info.queues[platform]?.map((entry) => entry.job)).toEqual(['qc', 'qa', 'qb']);
+    expect(info.queues[platform]?.map((entry) => entry.uuid)).toEqual([c, a, b]);
+  });
+
+  it('a dropped platform queues nothing until undropped', async () => {
+    const platform = 'dropme';
+    const file = path.join(dir, 'noop.sh');
+    fs.writeFileSync(file, 'true\n');
+    await ok(server, ['schedule', 'before-drop', platform, file]);
+    const dropped = await ok(server, ['drop-platform', platform]);
+    expect(dropped).toContain('cancelled 1 queued run(s)');
+    const scheduled = await client(server, ['schedule', 'during-drop', platform, file]);
+    expect(scheduled.code).toBe(0);
+    expect(scheduled.stdout).toBe('');
+    expect(scheduled.stderr).toContain('is dropped, so nothing was queued');
+    const executed = await client(server, ['execute', 'during-drop']);
+    expect(executed.code).toBe(2);
+    expect(executed.stderr).toContain(`platform ${platform} is dropped; run undrop-platform ${platform} first`);
+    let info = await json<{ dropped: string[]; queues: Record<string, unknown[]> }>(server, ['info']);
+    expect(info.dropped).toContain(platform);
+    expect(info.queues[platform]).toBeUndefined();
+    await ok(server, ['undrop-platform', platform]);
+    const uuid = (await ok(server, ['execute', 'during-drop'])).trim();
+    info = await json(server, ['info']);
+    expect(info.dropped).not.toContain(platform);
+    expect(info.queues[platform]).toEqual([expect.objectContaining({ uuid, job: 'during-drop' })]);
+  });
+
+  it('reschedule wakes the scheduler at the new due time', async () => {
+    const uuid = await scheduleScript(server, dir, 'resched', 'echo tick\n', ['--period', 'never']);
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    expect((await show(server, uuid)).status).toBe('success');
+    const reply = await ok(server, ['reschedule', 'resched', '+1s', '--every', '1h']);
+    expect(reply).toContain('resched is every 1h, next due');
+    const runs = await waitFor('a second run to be queued', async () => {
+      const list = await json<RunJson[]>(server, ['results', 'resched']);
+      return list.length === 2 ? list : null;
+    }, 15_000);
+    expect(runs[0]?.state).toBe('queued');
+    expect(runs[1]?.uuid).toBe(uuid);
+    const info = await json<{ jobs: { name: string; period: unknown; nextDue: string }[] }>(server, ['info']);
+    const job = info.jobs.find((j) => j.name === 'resched');
+    expect(job?.period).toEqual({ kind: 'every', seconds: 3600 });
+    expect(Date.parse(job?.nextDue ?? '') - Date.now()).toBeGreaterThan(3000 * 1000);
+    await ok(server, ['unschedule', 'resched']);
+    expect((await show(server, runs[0]?.uuid ?? '')).outcome).toEqual({ kind: 'cancelled', message: 'job unscheduled' });
+  });
+
+  it('results lists runs newest first and workers lists connected workers', async () => {
+    const first = await scheduleScript(server, dir, 'twice', 'echo $BUILDER_UUID\n', ['--period', 'never']);
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    const second = (await ok(server, ['execute', 'twice'])).trim();
+    const worker = startWorker(server, ['--labels', 'fast,big-disk', '--loop'], PLATFORM, dir);
+    await waitForState(server, second, 'finished');
+    const runs = await json<RunJson[]>(server, ['results', 'twice']);
+    expect(runs.map((run) => run.uuid)).toEqual([second, first]);
+    const workers = await json<{ platform: string; labels: string[]; run: string | null }[]>(server, ['workers']);
+    expect(workers).toEqual([expect.objectContaining({ platform: PLATFORM, labels: ['fast', 'big-disk'], run: null })]);
+    const table = await ok(server, ['workers']);
+    expect(table).toContain('fast,big-disk');
+    worker.kill('SIGKILL');
+    await worker.exit;
+  });
+});
