@@ -1,0 +1,237 @@
+/**
+ * Bad input gets a clear error and changes nothing: malformed frames, wrong protocol versions,
+ * invalid requests, path-escaping artifacts, and every client error path, while other clients and
+ * workers keep working.
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { Header } from 'tar';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FrameDecoder, encodeFrame } from '../protocol/frame.js';
+import { PROTOCOL_VERSION } from '../protocol/messages.js';
+import {
+  type ServerHandle, PLATFORM, client, json, killAll, ok, scheduleScript, show, startServer, startWorker, tempDir,
+  waitForState,
+} from './harness.js';
+
+let dir: string;
+let server: ServerHandle;
+
+beforeAll(async () => {
+  dir = tempDir();
+  const templates = path.join(dir, 'templates');
+  fs.mkdirSync(path.join(templates, 'greet'), { recursive: true });
+  fs.writeFileSync(path.join(templates, 'greet', `${PLATFORM}.sh.hbs`), 'echo "hello {{who}} from {{job}}"\n');
+  fs.writeFileSync(path.join(templates, 'greet', 'other-platform.sh.hbs'), 'echo other\n');
+  server = await startServer(path.join(dir, 'state'), ['--templates', templates]);
+});
+
+afterAll(async () => {
+  await killAll();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** A raw TCP connection that records every frame the server sends until it closes. */
+class RawPeer {
+  readonly socket: net.Socket;
+  readonly frames: unknown[] = [];
+  readonly closed: Promise<void>;
+  private readonly decoder = new FrameDecoder();
+
+  constructor(address: string) {
+    const [host, port] = address.split(':') as [string, string];
+    this.socket = net.connect({ host, port: Number(port) });
+    this.socket.on('data', (data: Buffer) => this.frames.push(...this.decoder.push(data)));
+    this.closed = new Promise((resolve) => {
+      this.socket.on('close', () => resolve());
+      this.socket.on('error', () => resolve());
+    });
+  }
+
+  send(value: unknown): void {
+    this.socket.write(encodeFrame(value));
+  }
+
+  async next(): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + 10_000;
+    while (this.frames.length === 0) {
+      if (Date.now() > deadline) throw new Error('no frame from the server');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    return this.frames.shift() as Record<string, unknown>;
+  }
+}
+
+const clientHello = { type: 'hello', version: PROTOCOL_VERSION, role: 'client', software: 'raw test peer' };
+
+describe('malformed frames and hellos', () => {
+  it('answers garbage, a 1 GiB length prefix, undecodable msgpack and a wrong version with one error each, while others keep working', async () => {
+    const cases: { bytes: Buffer; error: RegExp }[] = [
+      { bytes: Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), error: /^protocol error: frame of 1195725856 bytes is over the maximum of 16777216 bytes$/ },
+      { bytes: Buffer.from([0x40, 0, 0, 0]), error: /^protocol error: frame of 1073741824 bytes is over the maximum of 16777216 bytes$/ },
+      { bytes: Buffer.from([0, 0, 0, 2, 0x92, 0x01]), error: /^protocol error: undecodable frame: not valid msgpack/ },
+      { bytes: Buffer.from([0, 0, 0, 2, 0x01, 0x02]), error: /^protocol error: frame holds 2 msgpack values, expected exactly one$/ },
+      { bytes: encodeFrame({ ...clientHello, version: 99 }), error: new RegExp(`^protocol version mismatch: this server \\(builder [^)]+\\) speaks protocol version ${PROTOCOL_VERSION}, the client \\(raw test peer\\) speaks 99; use matching builder versions$`) },
+      { bytes: encodeFrame({ type: 'info', id: 1 }), error: /^invalid 'info' message: .* \(the first message must be a valid hello\)$/ },
+      { bytes: encodeFrame({ type: 'hello', version: PROTOCOL_VERSION, role: 'worker', software: 'x' }), error: /a worker hello must name its platform and hostname/ },
+      { bytes: encodeFrame('just a string'), error: /^invalid message: .*hello/ },
+    ];
+    const uuid = await scheduleScript(server, dir, 'meanwhile', 'echo still working\n');
+    const peers = cases.map(({ bytes }) => {
+      const peer = new RawPeer(server.address);
+      peer.socket.write(bytes);
+      return peer;
+    });
+    const worker = startWorker(server, [], PLATFORM, dir);
+    for (const [i, peer] of peers.entries()) {
+      const reply = await peer.next();
+      expect(reply.type).toBe('error');
+      expect(reply.message).toMatch((cases[i] as { error: RegExp }).error);
+      await peer.closed;
+    }
+    expect((await worker.exit).code).toBe(0);
+    expect((await show(server, uuid)).status).toBe('success');
+    expect(server.proc.exited).toBeNull();
+  });
+
+  it('an invalid request after the hello gets a failure naming the field; the connection stays usable', async () => {
+    const peer = new RawPeer(server.address);
+    peer.send(clientHello);
+    expect((await peer.next()).type).toBe('welcome');
+    peer.send({ type: 'schedule', id: 7, name: 'bad name', platform: PLATFORM, source: { kind: 'script', script: 'true' }, period: { kind: 'every', seconds: 0 }, replace: false, timeoutSeconds: null });
+    const failure = await peer.next();
+    expect(failure).toMatchObject({ type: 'failure', id: 7 });
+    expect(failure.message).toMatch(/^invalid 'schedule' message: name: must be 1-128 characters.*; period.seconds: /);
+    peer.send({ type: 'frobnicate', id: 8 });
+    expect(await peer.next()).toMatchObject({ type: 'failure', id: 8, message: expect.stringContaining("invalid 'frobnicate' message") });
+    peer.send({ type: 'info', id: 9 });
+    expect(await peer.next()).toMatchObject({ type: 'info-result', id: 9 });
+    peer.socket.destroy();
+    const info = await json<{ jobs: { name: string }[] }>(server, ['info']);
+    expect(info.jobs.map((job) => job.name)).not.toContain('bad name');
+  });
+});
+
+/** A server that speaks another protocol version, to see what the client and worker say. */
+async function futureServer(): Promise<{ address: string; close: () => void }> {
+  const srv = net.createServer((socket) => {
+    const decoder = new FrameDecoder();
+    socket.on('data', (data) => {
+      for (const value of decoder.push(data)) {
+        const hello = value as { version: number; role: string };
+        socket.end(encodeFrame({ type: 'error', message: `protocol version mismatch: this server (builder 9.0.0) speaks protocol version ${PROTOCOL_VERSION + 1}, the ${hello.role} speaks ${hello.version}; use matching builder versions` }));
+      }
+    });
+  });
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', () => resolve()));
+  return { address: `127.0.0.1:${(srv.address() as net.AddressInfo).port}`, close: () => srv.close() };
+}
+
+describe('version mismatch seen from the client and the worker', () => {
+  it('both print which versions are spoken and exit 2', async () => {
+    const future = await futureServer();
+    try {
+      const result = await client(future, ['info']);
+      expect(result.code).toBe(2);
+      expect(result.stderr).toBe(`builder-client: the server refused the connection: protocol version mismatch: this server (builder 9.0.0) speaks protocol version ${PROTOCOL_VERSION + 1}, the client speaks ${PROTOCOL_VERSION}; use matching builder versions\n`);
+      const worker = startWorker(future);
+      expect((await worker.exit).code).toBe(2);
+      expect(worker.stderr).toContain(`speaks protocol version ${PROTOCOL_VERSION + 1}, the worker speaks ${PROTOCOL_VERSION}`);
+    } finally {
+      future.close();
+    }
+  });
+});
+
+describe('artifacts that try to escape', () => {
+  it('a worker uploading ../ paths gets its run recorded as an error and nothing is written outside the store', async () => {
+    const uuid = await scheduleScript(server, dir, 'escape', 'true\n');
+    const peer = new RawPeer(server.address);
+    peer.send({ type: 'hello', version: PROTOCOL_VERSION, role: 'worker', software: 'evil worker', platform: PLATFORM, hostname: 'evil', labels: [] });
+    expect((await peer.next()).type).toBe('welcome');
+    peer.send({ type: 'request-job' });
+    const job = await peer.next();
+    expect(job).toMatchObject({ type: 'job', uuid, name: 'escape' });
+    const header = new Header({ path: '../../escaped.txt', mode: 0o644, size: 5, mtime: new Date(0), type: 'File' });
+    header.encode();
+    const tar = Buffer.concat([header.block as Buffer, Buffer.from('evil\n'), Buffer.alloc(507), Buffer.alloc(1024)]);
+    peer.send({ type: 'upload', uuid, chunk: tar });
+    peer.send({ type: 'finished', uuid, outcome: { kind: 'exited', code: 0 } });
+    expect(await peer.next()).toEqual({ type: 'finished-ack', uuid });
+    peer.socket.destroy();
+    const run = await show(server, uuid);
+    expect(run.outcome).toEqual({ kind: 'error', message: 'exited 0, but its artifacts were refused: artifact "../../escaped.txt" refused: path contains \'..\'' });
+    expect(run.artifacts).toEqual([]);
+    expect(fs.existsSync(path.join(dir, 'escaped.txt'))).toBe(false);
+    expect(fs.existsSync(path.join(dir, 'state', 'escaped.txt'))).toBe(false);
+    const observed = await client(server, ['observe', uuid]);
+    expect(observed.code).toBe(3);
+    expect(observed.stdout).toContain('# artifacts refused: artifact "../../escaped.txt" refused');
+  });
+});
+
+describe('client errors: one line on stderr, a non-zero exit, nothing changed', () => {
+  const unknownUuid = '00000000-1111-2222-3333-444444444444';
+  const cases: { args: string[]; code: number; stderr: RegExp }[] = [
+    { args: ['execute', 'no-such-job'], code: 2, stderr: /^builder-client: unknown job no-such-job\n$/ },
+    { args: ['unschedule', 'no-such-job'], code: 2, stderr: /^builder-client: unknown job no-such-job\n$/ },
+    { args: ['results', 'no-such-job'], code: 2, stderr: /^builder-client: unknown job no-such-job\n$/ },
+    { args: ['reschedule', 'no-such-job', 'now'], code: 2, stderr: /^builder-client: unknown job no-such-job\n$/ },
+    { args: ['show', unknownUuid], code: 2, stderr: new RegExp(`^builder-client: unknown run ${unknownUuid}\\n$`) },
+    { args: ['observe', unknownUuid], code: 2, stderr: new RegExp(`^builder-client: unknown run ${unknownUuid}\\n$`) },
+    { args: ['cancel', unknownUuid], code: 2, stderr: new RegExp(`^builder-client: unknown run ${unknownUuid}\\n$`) },
+    { args: ['fetch', unknownUuid], code: 2, stderr: new RegExp(`^builder-client: unknown run ${unknownUuid}\\n$`) },
+    { args: ['undrop-platform', 'never-dropped'], code: 2, stderr: /^builder-client: platform never-dropped is not dropped\n$/ },
+    { args: ['show', 'not-a-uuid'], code: 1, stderr: /^builder-client: invalid run UUID 'not-a-uuid': expected 8-4-4-4-12 lowercase hex digits\n$/ },
+    { args: ['schedule', 'x', PLATFORM, '/nonexistent/script.sh'], code: 1, stderr: /^builder-client: cannot read script file \/nonexistent\/script.sh: ENOENT\n$/ },
+    { args: ['schedule', 'bad/name', PLATFORM, '/dev/null'], code: 1, stderr: /^builder-client: invalid job name 'bad\/name'/ },
+    { args: ['schedule', 'x', PLATFORM, '/dev/null', '--every', '5x'], code: 1, stderr: /^builder-client: invalid duration '5x': use a number and a unit s, m, h, d or w, e\.g\. 30m, 6h, 1d or 1d12h\n$/ },
+    { args: ['schedule', 'x', PLATFORM, '/dev/null', '--cron', 'every tuesday'], code: 1, stderr: /^builder-client: invalid cron expression 'every tuesday': / },
+    { args: ['schedule', 'x', PLATFORM, '/dev/null', '--every', '1d', '--cron', '0 3 * * *'], code: 1, stderr: /^builder-client: give at most one of --every, --cron and --period\n$/ },
+    { args: ['schedule', 'x', PLATFORM, '/dev/null', '--timeout', 'soon'], code: 1, stderr: /^builder-client: --timeout: invalid duration 'soon'/ },
+    { args: ['reschedule', 'x', 'tomorrow-ish'], code: 1, stderr: /^builder-client: invalid time 'tomorrow-ish': use an ISO 8601 time/ },
+    { args: ['schedule-template', 'x', PLATFORM, 'no-such-template'], code: 2, stderr: /^builder-client: unknown template no-such-template; known templates: greet\n$/ },
+    { args: ['schedule-template', 'x', 'third-platform', 'greet', '--var', 'who=me'], code: 2, stderr: /^builder-client: template greet has no variant for platform third-platform; platforms that have one: other-platform, test-platform\n$/ },
+    { args: ['schedule-template', 'x', PLATFORM, 'greet'], code: 2, stderr: new RegExp(`^builder-client: template greet for ${PLATFORM} needs variable 'who': give it with --var who=VALUE\\n$`) },
+    { args: ['schedule-template', 'x', PLATFORM, 'greet', '--var', 'not an identifier=1'], code: 1, stderr: /^builder-client: invalid --var 'not an identifier=1'/ },
+    { args: [], code: 1, stderr: /^builder-client: give a command; --help lists them\n$/ },
+    { args: ['frobnicate'], code: 1, stderr: /^builder-client: Unknown argument: frobnicate\n$/ },
+  ];
+  for (const { args, code, stderr } of cases) {
+    it(`builder-client ${args.join(' ') || '(no command)'} → exit ${code}`, async () => {
+      const result = await client(server, args);
+      expect(result.stderr).toMatch(stderr);
+      expect(result.code).toBe(code);
+      expect(result.stdout).toBe('');
+    });
+  }
+
+  it('says which address it could not reach and how to set it', async () => {
+    const result = await client(null, ['info'], { BUILDER_REMOTE: '127.0.0.1:1' });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toBe('builder-client: cannot reach the server at 127.0.0.1:1 (ECONNREFUSED): is builder-server running there? '
+      + '--remote HOST:PORT or the environment variable BUILDER_REMOTE sets the address\n');
+  });
+
+  it('refuses a duplicate job name unless --replace is given, and a template job renders at dispatch', async () => {
+    const file = path.join(dir, 'dup.sh');
+    fs.writeFileSync(file, 'echo first\n');
+    const first = (await ok(server, ['schedule', 'dup', 'dup-platform', file])).trim();
+    const again = await client(server, ['schedule', 'dup', 'dup-platform', file]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toBe('builder-client: job dup already exists; give --replace to replace it\n');
+    const replaced = await client(server, ['schedule-template', 'dup', 'dup-platform', 'greet', '--var', 'who=x', '--replace']);
+    expect(replaced.code).toBe(2);
+    expect(replaced.stderr).toContain('template greet has no variant for platform dup-platform');
+
+    const templated = (await ok(server, ['schedule-template', 'greeting', PLATFORM, 'greet', '--var', 'who=world'])).trim();
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    await waitForState(server, templated, 'finished');
+    expect(await ok(server, ['observe', templated, '--raw'])).toBe('hello world from greeting\n');
+    expect(await ok(server, ['show', templated, '--script'])).toBe('echo "hello world from greeting"\n');
+    const fetchQueued = await client(server, ['fetch', first]);
+    expect(fetchQueued.code).toBe(2);
+    expect(fetchQueued.stderr).toBe(`builder-client: run ${first} is queued; its artifacts can be fetched once it has finished\n`);
+  });
+});

@@ -1,0 +1,111 @@
+/**
+ * Nothing is lost: a worker killed mid-run, a worker that goes silent, and a server killed with
+ * SIGKILL while runs are queued and running. Each scenario has its own server and state directory.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  type RunJson, PLATFORM, json, killAll, ok, scheduleScript, show, startServer, startWorker, tempDir, waitFor, waitForState,
+} from './harness.js';
+
+const dirs: string[] = [];
+function scratch(): string {
+  const dir = tempDir();
+  dirs.push(dir);
+  return dir;
+}
+
+afterEach(async () => {
+  await killAll();
+  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** A script that hangs the first time it runs (until killed) and succeeds the second time. */
+function hangOnce(dir: string, name: string): string {
+  const marker = path.join(dir, `${name}.ran-once`);
+  return `echo "attempt"\nif [ ! -e ${marker} ]; then touch ${marker}; exec sleep 60; fi\necho "second attempt succeeds"\n`;
+}
+
+describe('lost workers', () => {
+  it('a worker killed with SIGKILL mid-run: recorded as worker lost, the job runs again and succeeds', async () => {
+    const dir = scratch();
+    const server = await startServer(path.join(dir, 'state'));
+    const first = await scheduleScript(server, dir, 'victim', hangOnce(dir, 'victim'));
+    const worker = startWorker(server, [], PLATFORM, dir);
+    await waitForState(server, first, 'running');
+    await waitFor('the job to start', () => fs.existsSync(path.join(dir, 'victim.ran-once')));
+    worker.kill('SIGKILL');
+
+    const lost = await waitForState(server, first, 'finished');
+    expect(lost.outcome?.kind).toBe('worker-lost');
+    expect(lost.outcome?.message).toMatch(/^worker \S+ disconnected/);
+    const runs = await json<RunJson[]>(server, ['results', 'victim']);
+    expect(runs).toHaveLength(2);
+    const again = runs[0] as RunJson;
+    expect(again.uuid).not.toBe(first);
+    expect(again.state).toBe('queued');
+
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    const done = await show(server, again.uuid);
+    expect(done.status).toBe('success');
+    expect(await ok(server, ['observe', again.uuid, '--raw'])).toBe('attempt\nsecond attempt succeeds\n');
+  });
+
+  it('a worker that stops sending heartbeats (SIGSTOP) is lost after three missed beats', async () => {
+    const dir = scratch();
+    const server = await startServer(path.join(dir, 'state'));
+    const first = await scheduleScript(server, dir, 'frozen', hangOnce(dir, 'frozen'));
+    const worker = startWorker(server, [], PLATFORM, dir);
+    await waitForState(server, first, 'running');
+    worker.kill('SIGSTOP');
+    const lost = await waitForState(server, first, 'finished', 20_000);
+    expect(lost.outcome).toEqual({ kind: 'worker-lost', message: expect.stringMatching(/^no heartbeat from \S+ for 3s$/) });
+    worker.kill('SIGKILL');
+    const runs = await json<RunJson[]>(server, ['results', 'frozen']);
+    expect(runs[0]?.state).toBe('queued');
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    expect((await show(server, runs[0]?.uuid ?? '')).status).toBe('success');
+  });
+});
+
+describe('server killed with SIGKILL', () => {
+  it('loses no job, no schedule and no queued run; the interrupted run is queued again and completes', async () => {
+    const dir = scratch();
+    const state = path.join(dir, 'state');
+    let server = await startServer(state);
+    const running = await scheduleScript(server, dir, 'long', hangOnce(dir, 'long'), ['--every', '1d']);
+    const queuedB = await scheduleScript(server, dir, 'job-b', 'echo b > b.txt\n', ['--cron', '0 3 * * *']);
+    const queuedC = await scheduleScript(server, dir, 'job-c', 'echo c\n', ['--period', 'never']);
+    const worker = startWorker(server, [], PLATFORM, dir);
+    await waitForState(server, running, 'running');
+    await waitFor('the job to start', () => fs.existsSync(path.join(dir, 'long.ran-once')));
+    const before = await json<{ jobs: unknown[] }>(server, ['info']);
+
+    server.proc.kill('SIGKILL');
+    await server.proc.exit;
+    // The worker notices the lost connection, kills its job and exits non-zero.
+    expect((await worker.exit).code).toBe(3);
+
+    server = await startServer(state, [], server.address);
+    expect(server.proc.stderr).toMatch(new RegExp(`recover run=${running} job=long requeued=`));
+    const after = await json<{ jobs: unknown[]; queues: Record<string, { uuid: string; job: string }[]> }>(server, ['info']);
+    expect(after.jobs).toEqual(before.jobs);
+    const queue = after.queues[PLATFORM] ?? [];
+    expect(queue.map((entry) => entry.job)).toEqual(['long', 'job-b', 'job-c']);
+    expect(queue.slice(1).map((entry) => entry.uuid)).toEqual([queuedB, queuedC]);
+    const interrupted = await show(server, running);
+    expect(interrupted.outcome).toEqual({ kind: 'worker-lost', message: 'the server stopped while the run was in progress' });
+
+    const loop = startWorker(server, ['--loop'], PLATFORM, dir);
+    await waitForState(server, queuedC, 'finished');
+    loop.kill('SIGTERM');
+    for (const name of ['long', 'job-b', 'job-c']) {
+      const runs = await json<RunJson[]>(server, ['results', name]);
+      const successes = runs.filter((run) => run.status === 'success');
+      expect(successes, `${name} completed exactly once`).toHaveLength(1);
+    }
+    const b = await show(server, queuedB);
+    expect(b.artifacts).toEqual([{ path: 'b.txt', size: 2, sha256: expect.any(String) }]);
+  });
+});
