@@ -23,9 +23,10 @@ try {
 }
 const workerScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'builder-worker.js');
 const worker = spawn(process.execPath, [workerScript, platform, '--remote', server.address, '--loop'], { stdio: ['ignore', 'inherit', 'inherit'] });
+const client = path.join(path.dirname(fileURLToPath(import.meta.url)), 'builder-client.js');
 process.stderr.write(`\nbuilder is running: server on ${server.address}, state in ${stateDir}, one ${platform} worker.\n`
-  + `Try:  echo 'echo hello > hello.txt' > hello.sh\n      npx builder-client schedule hello ${platform} hello.sh --every 1d\n`
-  + '      npx builder-client observe-latest --job hello\nStop with Ctrl-C.\n\n');
+  + `In another terminal:  alias builder-client="node ${client}"\n`
+  + `                      builder-client info\nStop with Ctrl-C.\n\n`);
 
 const stop = (): void => {
   worker.kill('SIGTERM');

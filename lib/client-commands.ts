@@ -127,7 +127,7 @@ export async function info(client: Client, json: boolean, io: Output): Promise<n
 
 export function formatInfo(data: Info): string {
   let text = `jobs (${data.jobs.length}):\n`;
-  const jobRows = [['  NAME', 'PLATFORM', 'SCHEDULE', 'NEXT DUE', 'RUNS']];
+  const jobRows = [['  NAME', 'PLATFORM', 'SCHEDULE', 'NEXT DUE', 'SOURCE']];
   for (const job of data.jobs) jobRows.push([`  ${job.name}`, job.platform, describePeriod(job.period), formatTime(job.nextDue), describeSource(job.source)]);
   text += data.jobs.length > 0 ? table(jobRows) : '  none\n';
   const platforms = Object.keys(data.queues).sort();
@@ -193,7 +193,7 @@ export async function show(client: Client, args: ShowArgs, io: Output): Promise<
     const id = client.send({ type: 'observe', uuid: args.uuid });
     for (;;) {
       const message = await client.receive(id);
-      if (message.type === 'console') for (const line of message.lines) io.out(formatConsoleLine(line));
+      if (message.type === 'console') io.out(message.lines.map(formatConsoleLine).join(''));
       if (message.type === 'run-end' || (message.type === 'observing' && message.run.state !== 'finished')) break;
     }
   }
@@ -239,13 +239,19 @@ export async function observe(client: Client, args: ObserveArgs, io: Output): Pr
       case 'run-update':
         if (message.run.state === 'running') io.err(`started on ${message.run.worker ?? 'a worker'}\n`);
         break;
-      case 'console':
+      case 'console': {
+        // One write per batch, not per line: a fast job prints hundreds of thousands of lines.
+        let out = '';
+        let err = '';
         for (const line of message.lines) {
-          if (!args.raw) io.out(formatConsoleLine(line));
-          else if (line.stream === 'out') io.out(`${line.text}\n`);
-          else io.err(`${line.text}\n`);
+          if (!args.raw) out += formatConsoleLine(line);
+          else if (line.stream === 'out') out += `${line.text}\n`;
+          else err += `${line.text}\n`;
         }
+        if (out.length > 0) io.out(out);
+        if (err.length > 0) io.err(err);
         break;
+      }
       case 'run-end': {
         const run = message.run;
         const took = run.startedAt !== null && run.finishedAt !== null ? `, took ${formatElapsed(run.finishedAt - run.startedAt)}` : '';

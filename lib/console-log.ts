@@ -77,13 +77,14 @@ export class ConsoleStore {
   }
 
   /**
-   * Reads a console back in batches of up to `batchLines`, stopping at byte offset `end` (the size the
-   * file had when the replay began) so that a replay and the live stream never overlap.
+   * Reads a console back in batches of up to `batchLines`, from byte `start` up to byte `end`
+   * (exclusive; null reads to the end of the file). Writers append whole lines only, so any size the
+   * file had is a line boundary and consecutive ranges never split or repeat a line.
    */
-  async *replay(uuid: string, end: number | null, batchLines = 1000): AsyncGenerator<ConsoleLine[]> {
+  async *replay(uuid: string, start: number, end: number | null, batchLines = 1000): AsyncGenerator<ConsoleLine[]> {
     const file = this.fileOf(uuid);
-    if (end === 0 || !fs.existsSync(file)) return;
-    const stream = fs.createReadStream(file, end === null ? {} : { end: end - 1 });
+    if ((end !== null && end <= start) || !fs.existsSync(file)) return;
+    const stream = fs.createReadStream(file, end === null ? { start } : { start, end: end - 1 });
     const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
     let batch: ConsoleLine[] = [];
     try {

@@ -12,6 +12,9 @@ export class LineSplitter {
   private readonly decoder = new StringDecoder('utf8');
   private partial = '';
   private timer: NodeJS.Timeout | null = null;
+  private lastData = 0;
+  /** While the reader is paused (backpressure), silence means nothing: no partial line goes out. */
+  paused = false;
 
   constructor(
     private readonly stream: 'out' | 'err',
@@ -21,7 +24,13 @@ export class LineSplitter {
   ) {}
 
   push(chunk: Buffer): void {
+    this.lastData = Date.now();
     this.take(this.decoder.write(chunk));
+  }
+
+  /** Counts as fresh activity (reading resumed): the quiet period starts again. */
+  touch(): void {
+    this.lastData = Date.now();
   }
 
   /** The stream ended: whatever is left is the last line. */
@@ -42,9 +51,25 @@ export class LineSplitter {
       this.partial = this.partial.slice(MAX_LINE_CHARS);
     }
     if (lines.length > 0) this.emit(lines);
-    if (this.partial.length > 0 && this.timer === null) {
-      this.timer = setTimeout(() => this.flushPartial(), this.partialMs);
-    }
+    if (this.partial.length > 0 && this.timer === null) this.armPartialTimer(this.partialMs);
+  }
+
+  /**
+   * A partial line goes out only once the stream has been quiet for partialMs. The check runs in
+   * setImmediate, after the poll phase: when the event loop was busy, output already waiting in the
+   * pipe is read first, so a line is never cut in two just because the worker was slow to read it.
+   */
+  private armPartialTimer(delay: number): void {
+    this.timer = setTimeout(() => {
+      setImmediate(() => {
+        this.timer = null;
+        if (this.partial.length === 0) return;
+        const quiet = Date.now() - this.lastData;
+        if (this.paused) this.armPartialTimer(this.partialMs);
+        else if (quiet >= this.partialMs) this.flushPartial();
+        else this.armPartialTimer(this.partialMs - quiet);
+      });
+    }, delay);
   }
 
   private cut(text: string, at: number, into: ConsoleLine[]): void {

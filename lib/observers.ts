@@ -1,8 +1,10 @@
 /**
- * Observers of runs: `observe UUID` replays the console from its file, then follows live. Each
- * observer has a bounded backlog. One that falls too far behind is told so and cut off, so a slow
- * reader never slows the worker or the server. The final `run-end` is never dropped: it bypasses the
- * bound, and an observer still replaying receives it right after the replay.
+ * Observers of runs. `observe UUID` first replays the console from its file, following the file
+ * like `tail -f` until it has caught up with the writer, then switches to the live stream — so a
+ * replay never holds live lines in memory, however fast the job prints. A live observer whose socket
+ * backlog grows past the limit is told so and cut off: a slow reader never slows the worker or the
+ * server. The final `run-end` is never dropped: it bypasses the limit, and an observer still
+ * replaying gets it right after catching up.
  */
 import type { Connection } from '../protocol/connection.js';
 import type { ServerToClient } from '../protocol/messages.js';
@@ -12,15 +14,18 @@ import type { ConsoleStore } from './console-log.js';
 export interface ObserverLimits {
   /** Unsent bytes in the socket beyond which a live observer is cut off. */
   maxBacklogBytes: number;
-  /** Console lines held for an observer that is still replaying. */
-  maxBufferedLines: number;
 }
+
+/** Bytes of console written so far for a run being written now, or null when it is not running here. */
+export type ConsoleOffset = (uuid: string) => number | null;
 
 class Observer {
   replaying = true;
   done = false;
-  buffered: ServerToClient[] = [];
-  bufferedLines = 0;
+  /** Set when the run ends while the observer is still replaying. */
+  ended: RunSummary | null = null;
+  /** The newest state change seen while replaying, sent once caught up. */
+  update: RunSummary | null = null;
   constructor(readonly conn: Connection, readonly id: number, readonly uuid: string) {}
 }
 
@@ -37,18 +42,11 @@ export class ObserverHub {
 
   constructor(private readonly consoles: ConsoleStore, private readonly limits: ObserverLimits) {}
 
-  /**
-   * Starts observing `run` for a client request. `liveOffset` is how many bytes of the console file
-   * exist right now; everything after that arrives through `lines`.
-   */
-  async observe(conn: Connection, id: number, run: RunSummary, liveOffset: number): Promise<void> {
+  /** Starts observing `run` for a client request: replay, catch up, then live until the run ends. */
+  async observe(conn: Connection, id: number, run: RunSummary, offsetOf: ConsoleOffset): Promise<void> {
     conn.send({ type: 'observing', id, run });
     if (run.state === 'finished') {
-      for await (const lines of this.consoles.replay(run.uuid, null)) {
-        if (conn.isClosed) return;
-        conn.send({ type: 'console', id, lines });
-        await conn.drained();
-      }
+      await this.replay(conn, id, run.uuid, 0, null);
       conn.send({ type: 'run-end', id, run });
       return;
     }
@@ -56,15 +54,29 @@ export class ObserverHub {
     let set = this.byRun.get(run.uuid);
     if (set === undefined) this.byRun.set(run.uuid, (set = new Set()));
     set.add(observer);
-    for await (const lines of this.consoles.replay(run.uuid, liveOffset)) {
+    let offset = 0;
+    for (;;) {
+      // Read up to what the writer has written right now; once nothing new was written while we
+      // read, we are caught up, and (synchronously, so no line slips between) switch to live.
+      const target = observer.ended !== null ? null : (offsetOf(run.uuid) ?? 0);
+      if (target !== null && target <= offset) break;
+      await this.replay(conn, id, run.uuid, offset, target);
       if (observer.done || conn.isClosed) return;
-      conn.send({ type: 'console', id, lines });
-      await conn.drained();
+      if (target === null) break;
+      offset = target;
     }
     observer.replaying = false;
-    for (const message of observer.buffered.splice(0)) {
-      if (observer.done) return;
-      this.deliver(observer, message, message.type === 'run-end');
+    if (observer.ended !== null) {
+      this.deliver(observer, { type: 'run-end', id, run: observer.ended }, true);
+    } else if (observer.update !== null) {
+      this.deliver(observer, { type: 'run-update', id, run: observer.update }, false);
+    }
+  }
+
+  private async replay(conn: Connection, id: number, uuid: string, start: number, end: number | null): Promise<void> {
+    for await (const lines of this.consoles.replay(uuid, start, end)) {
+      if (conn.isClosed) return;
+      if (!conn.send({ type: 'console', id, lines })) await conn.drained();
     }
   }
 
@@ -84,19 +96,28 @@ export class ObserverHub {
   lines(uuid: string, lines: ConsoleLine[]): void {
     const set = this.byRun.get(uuid);
     if (set === undefined) return;
-    for (const observer of set) this.deliver(observer, { type: 'console', id: observer.id, lines }, false);
+    for (const observer of set) {
+      // An observer still replaying reads these lines from the file.
+      if (!observer.replaying) this.deliver(observer, { type: 'console', id: observer.id, lines }, false);
+    }
   }
 
   update(run: RunSummary): void {
     const set = this.byRun.get(run.uuid);
     if (set === undefined) return;
-    for (const observer of set) this.deliver(observer, { type: 'run-update', id: observer.id, run }, false);
+    for (const observer of set) {
+      if (observer.replaying) observer.update = run;
+      else this.deliver(observer, { type: 'run-update', id: observer.id, run }, false);
+    }
   }
 
   end(run: RunSummary): void {
     const set = this.byRun.get(run.uuid);
     if (set === undefined) return;
-    for (const observer of set) this.deliver(observer, { type: 'run-end', id: observer.id, run }, true);
+    for (const observer of set) {
+      if (observer.replaying) observer.ended = run;
+      else this.deliver(observer, { type: 'run-end', id: observer.id, run }, true);
+    }
   }
 
   /** Forgets everything a closed connection was observing or waiting for. */
@@ -116,14 +137,6 @@ export class ObserverHub {
 
   private deliver(observer: Observer, message: ServerToClient, final: boolean): void {
     if (observer.done) return;
-    if (observer.replaying) {
-      observer.buffered.push(message);
-      if (message.type === 'console') observer.bufferedLines += message.lines.length;
-      if (!final && observer.bufferedLines > this.limits.maxBufferedLines) {
-        this.cut(observer, `more than ${this.limits.maxBufferedLines} new console lines arrived while it was still replaying`);
-      }
-      return;
-    }
     if (!final && observer.conn.backlog > this.limits.maxBacklogBytes) {
       this.cut(observer, `it fell more than ${this.limits.maxBacklogBytes} bytes behind the console`);
       return;

@@ -111,7 +111,10 @@ export function parseTime(text: string, now: number = Date.now()): number {
   if (text === 'now') return now;
   if (text.startsWith('+')) return now + parseDuration(text.slice(1)) * 1000;
   const ms = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/.test(text) ? Date.parse(text) : NaN;
-  if (Number.isNaN(ms)) {
+  // Date.parse rolls 2026-02-30 over to March 2nd; a day that does not exist is an error instead.
+  const [year, month, day] = text.slice(0, 10).split('-').map(Number) as [number, number, number];
+  const real = new Date(Date.UTC(year, month - 1, day));
+  if (Number.isNaN(ms) || real.getUTCMonth() !== month - 1 || real.getUTCDate() !== day) {
     throw new Error(`invalid time '${text}': use an ISO 8601 time such as 2026-12-01T03:00:00Z, "now", or "+2h"`);
   }
   return ms;

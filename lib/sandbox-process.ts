@@ -140,6 +140,10 @@ export class ProcessSandbox implements Sandbox {
   }
 
   setPaused(paused: boolean): void {
+    for (const splitter of this.splitters) {
+      splitter.paused = paused;
+      if (!paused) splitter.touch();
+    }
     for (const stream of [this.child?.stdout, this.child?.stderr]) {
       if (paused) stream?.pause();
       else stream?.resume();

@@ -144,7 +144,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
       case 'observe': {
         const run = store.getRun(message.uuid);
         if (run === null) return fail(`unknown run ${message.uuid}`);
-        await context.hub.observe(conn, message.id, run, context.dispatcher.consoleOffset(run.uuid));
+        await context.hub.observe(conn, message.id, run, (uuid) => context.dispatcher.consoleOffset(uuid));
         return;
       }
       case 'observe-latest': {
@@ -153,7 +153,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
           context.hub.waitForLatest(conn, message.id, message.job, message.platform);
           return;
         }
-        await context.hub.observe(conn, message.id, run, context.dispatcher.consoleOffset(run.uuid));
+        await context.hub.observe(conn, message.id, run, (uuid) => context.dispatcher.consoleOffset(uuid));
         return;
       }
       case 'fetch': {

@@ -146,10 +146,10 @@ export class Dispatcher {
     return this.workers.size;
   }
 
-  /** Bytes of console written so far for a running run (0 if none is being written here). */
-  consoleOffset(uuid: string): number {
+  /** Bytes of console written so far for a run being written here now, or null. */
+  consoleOffset(uuid: string): number | null {
     for (const worker of this.workers) if (worker.run?.uuid === uuid) return worker.run.console.bytes;
-    return 0;
+    return null;
   }
 
   workerRunning(uuid: string): WorkerSession | null {
@@ -188,7 +188,7 @@ export class Dispatcher {
       const run = store.getRun(queued.uuid);
       if (run === null) continue;
       for (const waiter of hub.takeLatestWaiters(run)) {
-        void hub.observe(waiter.conn, waiter.id, run, this.consoleOffset(run.uuid));
+        void hub.observe(waiter.conn, waiter.id, run, (uuid) => this.consoleOffset(uuid));
       }
     }
     for (const platform of platforms) this.dispatch(platform);

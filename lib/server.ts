@@ -79,7 +79,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const consoles = new ConsoleStore(path.join(options.stateDir, 'console'));
   const artifacts = new ArtifactFiles(path.join(options.stateDir, 'artifacts'));
   const templates = new Templates(options.templatesDir);
-  const hub = new ObserverHub(consoles, { maxBacklogBytes: options.observerBacklogBytes, maxBufferedLines: 100_000 });
+  const hub = new ObserverHub(consoles, { maxBacklogBytes: options.observerBacklogBytes });
   const context = { options, store, consoles, artifacts, templates, hub, log } as ServerContext;
   context.dispatcher = new Dispatcher(context);
   context.scheduler = new Scheduler(store, (runs) => context.dispatcher.queued(runs));

@@ -127,7 +127,12 @@ export class Store {
     this.db.pragma(`synchronous = ${options.strict === true ? 'FULL' : 'NORMAL'}`);
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
-    this.migrate();
+    try {
+      this.migrate();
+    } catch (error) {
+      this.db.close();
+      throw error;
+    }
   }
 
   get schemaVersion(): number {

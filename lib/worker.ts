@@ -135,6 +135,15 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   const { conn, inbox, welcome } = session;
   const sandbox = options.sandbox?.() ?? new ProcessSandbox({ tmpDir: options.tmpDir, killGraceMs: options.killGraceMs });
   const started = Date.now();
+  // Stopping the worker (service stop, Ctrl-C) stops its job too: the job runs in its own process
+  // group, so it would not get the signal otherwise. The server records the run as worker lost.
+  const onSignal = (signal: NodeJS.Signals): void => {
+    say(`${signal}: stopping ${job.name} (run ${job.uuid}); the server queues it again`);
+    sandbox.kill({ kind: 'lost' });
+    void sandbox.cleanUp().finally(() => process.exit(128 + (os.constants.signals[signal] ?? 15)));
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
   say(`running ${job.name} (run ${job.uuid})`);
 
   let lost = false;
@@ -201,6 +210,8 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   flush();
   clearInterval(heartbeat);
   await sandbox.cleanUp();
+  process.off('SIGTERM', onSignal);
+  process.off('SIGINT', onSignal);
 
   if (lost) {
     inbox.listener = null;

@@ -3,12 +3,22 @@
  * The decoder accepts bytes in whatever pieces TCP delivers them and refuses a frame whose declared
  * length is over the maximum as soon as the 4 length bytes are in, before buffering any of it.
  */
-import { Packr } from 'msgpackr';
+import { C1, Packr } from 'msgpackr';
 
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
-// Plain msgpack maps and arrays (no msgpackr record extension) so that any msgpack peer can talk to us.
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
+// Plain msgpack maps and arrays (no msgpackr record extension) so that any msgpack peer can talk to
+// us; 64-bit integers that fit a JavaScript number decode as numbers (other encoders use uint64 for
+// millisecond timestamps). ('auto' is supported by msgpackr but missing from its type definitions.)
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false, int64AsType: 'auto' as 'number' });
+
+/** True if the never-used msgpack byte 0xc1 appears anywhere in a decoded value. */
+function containsC1(value: unknown, depth = 0): boolean {
+  if (value === C1) return true;
+  if (typeof value !== 'object' || value === null || depth > 64 || value instanceof Uint8Array) return false;
+  for (const item of Array.isArray(value) ? value : Object.values(value)) if (containsC1(item, depth + 1)) return true;
+  return false;
+}
 
 export class FrameError extends Error {}
 
@@ -30,6 +40,7 @@ export function decodeBody(body: Buffer): unknown {
     throw new FrameError(`undecodable frame: not valid msgpack (${(error as Error).message})`);
   }
   if (values.length !== 1) throw new FrameError(`frame holds ${values.length} msgpack values, expected exactly one`);
+  if (containsC1(values[0])) throw new FrameError('undecodable frame: not valid msgpack (the byte 0xc1 is never used)');
   return values[0];
 }
 
@@ -64,7 +75,7 @@ export class FrameDecoder {
 
   /** Bytes received that do not yet form a whole frame. */
   get pending(): number {
-    return this.buffered;
+    return this.buffered + (this.expected >= 0 ? 4 : 0);
   }
 
   private take(n: number): Buffer {

@@ -151,7 +151,7 @@ export function formatIssues(error: z.ZodError): string {
   return error.issues
     .slice(0, 3)
     .map((issue) => {
-      const where = issue.path.length > 0 ? issue.path.join('.') : 'message';
+      const where = issue.path.length > 0 ? issue.path.map(String).join('.') : 'message';
       return `${where}: ${issue.message}`;
     })
     .join('; ');

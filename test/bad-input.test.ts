@@ -128,6 +128,36 @@ async function futureServer(): Promise<{ address: string; close: () => void }> {
   return { address: `127.0.0.1:${(srv.address() as net.AddressInfo).port}`, close: () => srv.close() };
 }
 
+describe('slow observers', () => {
+  it('an observer that stops reading is cut off with a message; the run and other observers are not slowed', async () => {
+    const uuid = await scheduleScript(server, dir, 'chatty', 'yes 0123456789012345678901234567890123456789012345678901234567 | head -n 600000\necho last line\n');
+    const slow = new RawPeer(server.address);
+    slow.send(clientHello);
+    expect((await slow.next()).type).toBe('welcome');
+    slow.send({ type: 'observe', id: 1, uuid });
+    expect(await slow.next()).toMatchObject({ type: 'observing', id: 1 });
+    slow.socket.pause();
+    const fast = client(server, ['observe', uuid, '--raw']);
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    const observed = await fast;
+    expect(observed.code).toBe(0);
+    const lines = observed.stdout.split('\n');
+    expect(lines).toHaveLength(600002);
+    expect(lines.at(-2)).toBe('last line');
+    slow.socket.resume();
+    const failure = await (async () => {
+      for (;;) {
+        const frame = await slow.next();
+        if (frame.type !== 'console' && frame.type !== 'run-update') return frame;
+      }
+    })();
+    expect(failure).toMatchObject({ type: 'failure', id: 1 });
+    expect(failure.message).toBe(`observer cut off because it fell more than 8388608 bytes behind the console; the run goes on — run observe ${uuid} again to replay its console`);
+    slow.socket.destroy();
+    expect((await show(server, uuid)).status).toBe('success');
+  });
+});
+
 describe('version mismatch seen from the client and the worker', () => {
   it('both print which versions are spoken and exit 2', async () => {
     const future = await futureServer();

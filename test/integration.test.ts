@@ -140,6 +140,15 @@ describe('schedule → run → observe → fetch', () => {
     }
   });
 
+  it('a job whose files cannot be written fails with that reason', async () => {
+    const uuid = await scheduleScript(server, dir, 'unwritable', 'echo never\n');
+    const worker = startWorker(server, ['--tmp-dir', path.join(dir, 'does', 'not', 'exist')], PLATFORM);
+    expect((await worker.exit).code).toBe(0);
+    const run = await show(server, uuid);
+    expect(run.outcome?.kind).toBe('error');
+    expect(run.outcome?.message).toMatch(/^cannot write the job's files in .*does\/not\/exist: ENOENT/);
+  });
+
   it('observe-latest waits for the next run of a job', async () => {
     const observer = client(server, ['observe-latest', '--job', 'latest-job', '--raw']);
     await new Promise((resolve) => setTimeout(resolve, 500));

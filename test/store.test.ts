@@ -1,0 +1,698 @@
+import Database from 'better-sqlite3';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { type JobRecord, Store, StoreError } from '../lib/store.js';
+import type { Artifact, JobSource, Period } from '../protocol/types.js';
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const SHA_A = 'a'.repeat(64);
+const SHA_B = 'b'.repeat(64);
+const SCRIPT: JobSource = { kind: 'script', script: 'make test' };
+
+let dir: string;
+let file: string;
+const open: Store[] = [];
+
+function openStore(options: { strict?: boolean } = {}): Store {
+  const store = new Store(file, options);
+  open.push(store);
+  return store;
+}
+
+function closeStore(store: Store): void {
+  store.close();
+  open.splice(open.indexOf(store), 1);
+}
+
+function job(name: string, overrides: Partial<JobRecord> = {}): JobRecord {
+  return {
+    name,
+    platform: 'debian-12',
+    source: SCRIPT,
+    period: { kind: 'every', seconds: 86400 },
+    nextDue: 1_000_000,
+    timeoutSeconds: null,
+    createdAt: 1,
+    ...overrides,
+  };
+}
+
+/** Queues `name` via putJob and returns the uuid of its queued run. */
+function put(store: Store, record: JobRecord, now = 10): string {
+  const { enqueued } = store.putJob(record, false, now);
+  if (enqueued === null) throw new Error('expected the job to be queued');
+  return enqueued.uuid;
+}
+
+function order(store: Store, platform = 'debian-12'): string[] {
+  return (store.queues()[platform] ?? []).map((entry) => entry.job);
+}
+
+function thrown(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected the call to throw');
+}
+
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'builder-store-test-'));
+  file = path.join(dir, 'state.db');
+});
+
+afterEach(() => {
+  for (const store of open.splice(0)) {
+    try {
+      store.close();
+    } catch {
+      // already closed
+    }
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('opening and migrations', () => {
+  it('runs the migrations on a new file and sets user_version to their number (1)', () => {
+    const store = openStore();
+    expect(store.schemaVersion).toBe(1);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(1);
+    const tables = (store.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[])
+      .map((row) => row.name);
+    expect(tables).toEqual(['artifacts', 'dropped_platforms', 'jobs', 'queue', 'runs']);
+    expect(fs.existsSync(file)).toBe(true);
+  });
+
+  it('uses WAL journaling, foreign keys, and NORMAL sync (FULL when strict)', () => {
+    const store = openStore();
+    expect(store.db.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(store.db.pragma('foreign_keys', { simple: true })).toBe(1);
+    expect(store.db.pragma('synchronous', { simple: true })).toBe(1);
+    put(store, job('a'));
+    expect(fs.existsSync(`${file}-wal`)).toBe(true);
+    closeStore(store);
+    const strict = openStore({ strict: true });
+    expect(strict.db.pragma('synchronous', { simple: true })).toBe(2);
+    expect(strict.db.pragma('journal_mode', { simple: true })).toBe('wal');
+  });
+
+  it('reopens an existing database keeping its data and version', () => {
+    const first = openStore();
+    const uuid = put(first, job('nightly'));
+    closeStore(first);
+    const second = openStore();
+    expect(second.schemaVersion).toBe(1);
+    expect(second.getJob('nightly')?.name).toBe('nightly');
+    expect(second.getRun(uuid)?.state).toBe('queued');
+  });
+
+  it('does not re-run migrations on a database that has user_version 1', () => {
+    // A database claiming to be at version 1 but without any tables: if the store ran migration 1 again
+    // the tables would appear.
+    const raw = new Database(file);
+    raw.pragma('user_version = 1');
+    raw.close();
+    const store = openStore();
+    expect(store.schemaVersion).toBe(1);
+    expect(store.db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table'").get()).toEqual({ n: 0 });
+  });
+
+  it('refuses a database with a newer schema version, saying a newer builder-server is needed, and leaves it alone', () => {
+    const raw = new Database(file);
+    raw.exec('CREATE TABLE future (x)');
+    raw.pragma('user_version = 7');
+    raw.close();
+    const error = thrown(() => new Store(file));
+    expect(error).toBeInstanceOf(Error);
+    expect((error as Error).message).toBe(
+      'the state database has schema version 7, newer than this builder-server knows (1); run a newer builder-server',
+    );
+    const check = new Database(file);
+    expect(check.pragma('user_version', { simple: true })).toBe(7);
+    expect((check.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]).map((r) => r.name)).toEqual(['future']);
+    check.close();
+  });
+
+  it('integrityCheck() says ok', () => {
+    const store = openStore();
+    put(store, job('a'));
+    expect(store.integrityCheck()).toBe('ok');
+  });
+});
+
+describe('jobs', () => {
+  it('putJob stores the job and queues it at once', () => {
+    const store = openStore();
+    const record = job('nightly', { source: { kind: 'template', template: 'opam', vars: { PKG: 'lwt' } }, period: { kind: 'cron', expression: '0 3 * * *' }, timeoutSeconds: 600 });
+    const result = store.putJob(record, false, 50);
+    expect(result.replaced).toBe(false);
+    expect(result.enqueued).toEqual({ uuid: expect.stringMatching(UUID_RE), job: 'nightly', platform: 'debian-12', fresh: true });
+    const uuid = result.enqueued?.uuid as string;
+    expect(store.getJob('nightly')).toEqual(record);
+    expect(store.listJobs()).toEqual([record]);
+    expect(store.getRun(uuid)).toEqual({
+      uuid, job: 'nightly', platform: 'debian-12', state: 'queued', worker: null,
+      queuedAt: 50, startedAt: null, finishedAt: null, outcome: null,
+    });
+    expect(store.queues()).toEqual({ 'debian-12': [{ uuid, job: 'nightly', queuedAt: 50 }] });
+    expect(store.queueFront('debian-12')).toEqual({ uuid, job: record });
+    expect(store.queueFront('freebsd-14')).toBeNull();
+  });
+
+  it('refuses a duplicate name without replace, with a StoreError, and changes nothing', () => {
+    const store = openStore();
+    const uuid = put(store, job('nightly'));
+    const error = thrown(() => store.putJob(job('nightly', { source: { kind: 'script', script: 'other' } }), false, 60));
+    expect(error).toBeInstanceOf(StoreError);
+    expect((error as Error).message).toBe('job nightly already exists; give --replace to replace it');
+    expect(store.getJob('nightly')?.source).toEqual(SCRIPT);
+    expect(store.queues()).toEqual({ 'debian-12': [{ uuid, job: 'nightly', queuedAt: 10 }] });
+    expect(store.runsOfJob('nightly', 10)).toHaveLength(1);
+  });
+
+  it('replace keeps the already-queued run (no second queue entry) and the original creation time', () => {
+    const store = openStore();
+    const uuid = put(store, job('nightly', { createdAt: 5 }));
+    put(store, job('other'));
+    const replacement = job('nightly', { source: { kind: 'script', script: 'new script' }, period: { kind: 'never' }, nextDue: null, createdAt: 99 });
+    const result = store.putJob(replacement, true, 70);
+    expect(result).toEqual({ replaced: true, enqueued: { uuid, job: 'nightly', platform: 'debian-12', fresh: false } });
+    expect(store.getJob('nightly')).toEqual({ ...replacement, createdAt: 5 });
+    expect(store.queues()['debian-12']?.map((entry) => entry.uuid)).toEqual([uuid, expect.any(String)]);
+    expect(order(store)).toEqual(['nightly', 'other']);
+    expect(store.runsOfJob('nightly', 10)).toHaveLength(1);
+  });
+
+  it('replace of a job that is not queued queues it again', () => {
+    const store = openStore();
+    const uuid = put(store, job('nightly'));
+    store.startRun(uuid, 'w1', SCRIPT, 'make test', 20);
+    const result = store.putJob(job('nightly'), true, 30);
+    expect(result.replaced).toBe(true);
+    expect(result.enqueued?.fresh).toBe(true);
+    expect(result.enqueued?.uuid).not.toBe(uuid);
+    expect(store.getRun(uuid)?.state).toBe('running');
+  });
+
+  it('replace for another platform cancels the queued run and queues on the new platform', () => {
+    const store = openStore();
+    const uuid = put(store, job('nightly'));
+    const result = store.putJob(job('nightly', { platform: 'freebsd-14' }), true, 80);
+    expect(result.replaced).toBe(true);
+    expect(result.enqueued).toEqual({ uuid: expect.stringMatching(UUID_RE), job: 'nightly', platform: 'freebsd-14', fresh: true });
+    expect(result.enqueued?.uuid).not.toBe(uuid);
+    expect(store.getRun(uuid)).toMatchObject({ state: 'finished', finishedAt: 80, outcome: { kind: 'cancelled', message: 'job replaced for another platform' } });
+    expect(store.queues()).toEqual({ 'freebsd-14': [{ uuid: result.enqueued?.uuid, job: 'nightly', queuedAt: 80 }] });
+  });
+
+  it('deleteJob cancels the queued run and returns it', () => {
+    const store = openStore();
+    const uuid = put(store, job('nightly'));
+    put(store, job('other'));
+    expect(store.deleteJob('nightly', 90)).toEqual({ existed: true, cancelled: uuid });
+    expect(store.getJob('nightly')).toBeNull();
+    expect(store.getRun(uuid)).toMatchObject({ state: 'finished', finishedAt: 90, outcome: { kind: 'cancelled', message: 'job unscheduled' } });
+    expect(order(store)).toEqual(['other']);
+    expect(store.deleteJob('nightly', 91)).toEqual({ existed: false, cancelled: null });
+  });
+
+  it('deleteJob of a job that is running leaves the run alone', () => {
+    const store = openStore();
+    const uuid = put(store, job('nightly'));
+    store.startRun(uuid, 'w1', SCRIPT, 'make test', 20);
+    expect(store.deleteJob('nightly', 30)).toEqual({ existed: true, cancelled: null });
+    expect(store.getRun(uuid)?.state).toBe('running');
+  });
+
+  it('setSchedule moves next_due and optionally the period', () => {
+    const store = openStore();
+    put(store, job('nightly'));
+    expect(store.setSchedule('nightly', 5000, null)).toBe(true);
+    expect(store.getJob('nightly')).toMatchObject({ nextDue: 5000, period: { kind: 'every', seconds: 86400 } });
+    const period: Period = { kind: 'cron', expression: '*/5 * * * *' };
+    expect(store.setSchedule('nightly', null, period)).toBe(true);
+    expect(store.getJob('nightly')).toMatchObject({ nextDue: null, period });
+    expect(store.setSchedule('missing', 1, null)).toBe(false);
+  });
+});
+
+describe('queue', () => {
+  it('enqueues at the back in order; execute (front) moves an already-queued job to the front', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    const b = put(store, job('b'));
+    const c = put(store, job('c'));
+    expect(order(store)).toEqual(['a', 'b', 'c']);
+    expect(store.queueFront('debian-12')?.uuid).toBe(a);
+
+    expect(store.enqueue('c', true, 100)).toEqual({ uuid: c, job: 'c', platform: 'debian-12', fresh: false });
+    expect(order(store)).toEqual(['c', 'a', 'b']);
+    expect(store.queueFront('debian-12')?.uuid).toBe(c);
+
+    // back: an already-waiting job keeps its place
+    expect(store.enqueue('a', false, 101)).toEqual({ uuid: a, job: 'a', platform: 'debian-12', fresh: false });
+    expect(order(store)).toEqual(['c', 'a', 'b']);
+
+    expect(store.enqueue('b', true, 102)).toEqual({ uuid: b, job: 'b', platform: 'debian-12', fresh: false });
+    expect(order(store)).toEqual(['b', 'c', 'a']);
+    // the queued time is the time it was first queued
+    expect(store.queues()['debian-12']?.find((entry) => entry.uuid === b)?.queuedAt).toBe(10);
+  });
+
+  it('enqueue at the front of a job that is not queued puts a new run before the others', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    put(store, job('b'));
+    store.cancelQueued(a, 'test', 20);
+    expect(order(store)).toEqual(['b']);
+    const again = store.enqueue('a', true, 30);
+    expect(again).toEqual({ uuid: expect.stringMatching(UUID_RE), job: 'a', platform: 'debian-12', fresh: true });
+    expect(again.uuid).not.toBe(a);
+    expect(order(store)).toEqual(['a', 'b']);
+    store.cancelQueued(again.uuid, 'test', 40);
+    expect(store.enqueue('a', false, 50).fresh).toBe(true);
+    expect(order(store)).toEqual(['b', 'a']);
+  });
+
+  it('never queues a job twice, however often it is enqueued', () => {
+    const store = openStore();
+    const uuid = put(store, job('a'));
+    for (let i = 0; i < 5; i++) {
+      expect(store.enqueue('a', i % 2 === 0, 20 + i).uuid).toBe(uuid);
+      expect(store.putJob(job('a'), true, 30 + i).enqueued?.uuid).toBe(uuid);
+    }
+    expect(store.enqueueDue(Number.MAX_SAFE_INTEGER, () => null)).toEqual([]);
+    expect(store.queues()).toEqual({ 'debian-12': [{ uuid, job: 'a', queuedAt: 10 }] });
+    expect(store.runsOfJob('a', 100)).toHaveLength(1);
+  });
+
+  it('enqueue of an unknown job throws StoreError', () => {
+    const store = openStore();
+    const error = thrown(() => store.enqueue('ghost', false, 1));
+    expect(error).toBeInstanceOf(StoreError);
+    expect((error as Error).message).toBe('unknown job ghost');
+  });
+
+  it('keeps one queue per platform; queues() groups them by platform, each in order', () => {
+    const store = openStore();
+    const d1 = put(store, job('d1'), 1);
+    const f1 = put(store, job('f1', { platform: 'freebsd-14' }), 2);
+    const d2 = put(store, job('d2'), 3);
+    const f2 = put(store, job('f2', { platform: 'freebsd-14' }), 4);
+    store.enqueue('f2', true, 5);
+    const a1 = put(store, job('a1', { platform: 'alpine-3' }), 6);
+    const queues = store.queues();
+    expect(Object.keys(queues)).toEqual(['alpine-3', 'debian-12', 'freebsd-14']);
+    expect(queues).toEqual({
+      'alpine-3': [{ uuid: a1, job: 'a1', queuedAt: 6 }],
+      'debian-12': [{ uuid: d1, job: 'd1', queuedAt: 1 }, { uuid: d2, job: 'd2', queuedAt: 3 }],
+      'freebsd-14': [{ uuid: f2, job: 'f2', queuedAt: 4 }, { uuid: f1, job: 'f1', queuedAt: 2 }],
+    });
+    expect(store.queuedPlatforms().sort()).toEqual(['alpine-3', 'debian-12', 'freebsd-14']);
+    expect(store.queueFront('freebsd-14')?.uuid).toBe(f2);
+    expect(store.queueFront('debian-12')?.uuid).toBe(d1);
+  });
+
+  it('cancelQueued cancels a queued run only', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    const b = put(store, job('b'));
+    expect(store.cancelQueued(a, 'cancelled by alice', 40)).toBe(true);
+    expect(store.getRun(a)).toMatchObject({ state: 'finished', finishedAt: 40, outcome: { kind: 'cancelled', message: 'cancelled by alice' } });
+    expect(order(store)).toEqual(['b']);
+    expect(store.cancelQueued(a, 'again', 41)).toBe(false);
+    expect(store.getRun(a)?.outcome).toEqual({ kind: 'cancelled', message: 'cancelled by alice' });
+    store.startRun(b, 'w1', SCRIPT, 'make', 50);
+    expect(store.cancelQueued(b, 'too late', 51)).toBe(false);
+    expect(store.getRun(b)?.state).toBe('running');
+    expect(store.cancelQueued('00000000-0000-4000-8000-000000000000', 'x', 52)).toBe(false);
+  });
+});
+
+describe('runs', () => {
+  it('startRun takes the run off its queue and records it as running', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    const b = put(store, job('b'));
+    const source: JobSource = { kind: 'template', template: 'opam', vars: { PKG: 'x' } };
+    store.startRun(a, 'worker-7', source, '#!/bin/sh\nbuild x\n', 200);
+    expect(order(store)).toEqual(['b']);
+    expect(store.queueFront('debian-12')?.uuid).toBe(b);
+    expect(store.getRun(a)).toEqual({
+      uuid: a, job: 'a', platform: 'debian-12', state: 'running', worker: 'worker-7',
+      queuedAt: 10, startedAt: 200, finishedAt: null, outcome: null,
+    });
+    expect(store.runDetail(a)).toMatchObject({ script: '#!/bin/sh\nbuild x\n', source, consoleLines: 0, artifacts: [] });
+    expect(store.runsInState('running').map((run) => run.uuid)).toEqual([a]);
+    expect(store.runsInState('queued').map((run) => run.uuid)).toEqual([b]);
+  });
+
+  it('startRun of a run that is not queued throws and changes nothing', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    store.startRun(a, 'w1', SCRIPT, 'make', 20);
+    expect(() => store.startRun(a, 'w2', SCRIPT, 'make', 30)).toThrow(`run ${a} is not queued`);
+    expect(store.getRun(a)).toMatchObject({ worker: 'w1', startedAt: 20 });
+  });
+
+  it('finishRun stores the outcome, console line count and artifacts (listed by path)', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    store.startRun(a, 'w1', SCRIPT, 'make', 20);
+    const artifacts: Artifact[] = [
+      { path: 'z/last.txt', size: 5, sha256: SHA_A },
+      { path: 'a.txt', size: 0, sha256: SHA_B },
+      { path: 'm/ü.bin', size: 123456, sha256: SHA_A },
+    ];
+    store.finishRun(a, { kind: 'exited', code: 0 }, 300, artifacts, 42);
+    expect(store.getRun(a)).toEqual({
+      uuid: a, job: 'a', platform: 'debian-12', state: 'finished', worker: 'w1',
+      queuedAt: 10, startedAt: 20, finishedAt: 300, outcome: { kind: 'exited', code: 0 },
+    });
+    const sorted = [...artifacts].sort((x, y) => (x.path < y.path ? -1 : 1));
+    expect(store.artifactsOf(a)).toEqual(sorted);
+    expect(store.artifactsOf(a).map((artifact) => artifact.path)).toEqual(['a.txt', 'm/ü.bin', 'z/last.txt']);
+    expect(store.runDetail(a)).toMatchObject({ consoleLines: 42, artifacts: sorted, script: 'make', source: SCRIPT });
+    expect(store.runsInState('running')).toEqual([]);
+  });
+
+  it('finishRun of a finished run throws StoreError and adds no artifacts', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    store.startRun(a, 'w1', SCRIPT, 'make', 20);
+    store.finishRun(a, { kind: 'signalled', signal: 9 }, 30);
+    const error = thrown(() => store.finishRun(a, { kind: 'exited', code: 0 }, 40, [{ path: 'x', size: 1, sha256: SHA_A }]));
+    expect(error).toBeInstanceOf(StoreError);
+    expect((error as Error).message).toBe(`run ${a} is not queued or running`);
+    expect(store.getRun(a)).toMatchObject({ finishedAt: 30, outcome: { kind: 'signalled', signal: 9 } });
+    expect(store.artifactsOf(a)).toEqual([]);
+  });
+
+  it('runDetail and getRun of an unknown run are null', () => {
+    const store = openStore();
+    expect(store.getRun('00000000-0000-4000-8000-000000000000')).toBeNull();
+    expect(store.runDetail('00000000-0000-4000-8000-000000000000')).toBeNull();
+  });
+
+  it('loseRun records worker-lost and queues a NEW run at the front of the queue', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    put(store, job('b'));
+    put(store, job('c'));
+    store.startRun(a, 'w1', SCRIPT, 'make', 20);
+    expect(order(store)).toEqual(['b', 'c']);
+    const again = store.loseRun(a, 'worker w1 disconnected', 500, 17);
+    expect(again).toEqual({ uuid: expect.stringMatching(UUID_RE), job: 'a', platform: 'debian-12', fresh: true });
+    expect(again?.uuid).not.toBe(a);
+    expect(store.getRun(a)).toMatchObject({ state: 'finished', finishedAt: 500, outcome: { kind: 'worker-lost', message: 'worker w1 disconnected' } });
+    expect(store.runDetail(a)?.consoleLines).toBe(17);
+    expect(order(store)).toEqual(['a', 'b', 'c']);
+    expect(store.queueFront('debian-12')?.uuid).toBe(again?.uuid);
+    expect(store.getRun(again?.uuid as string)).toMatchObject({ state: 'queued', queuedAt: 500 });
+  });
+
+  it('loseRun moves a job that is already queued again to the front instead of queuing it twice', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    store.startRun(a, 'w1', SCRIPT, 'make', 20);
+    put(store, job('b'));
+    const queuedAgain = store.enqueue('a', false, 30);
+    expect(order(store)).toEqual(['b', 'a']);
+    const again = store.loseRun(a, 'lost', 40, 0);
+    expect(again).toEqual({ uuid: queuedAgain.uuid, job: 'a', platform: 'debian-12', fresh: false });
+    expect(order(store)).toEqual(['a', 'b']);
+  });
+
+  it('loseRun returns null when the job was deleted meanwhile (and still records the lost run)', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    store.startRun(a, 'w1', SCRIPT, 'make', 20);
+    store.deleteJob('a', 30);
+    expect(store.loseRun(a, 'gone', 40, 3)).toBeNull();
+    expect(store.getRun(a)).toMatchObject({ state: 'finished', outcome: { kind: 'worker-lost', message: 'gone' } });
+    expect(store.queues()).toEqual({});
+  });
+
+  it('loseRun returns null when the platform was dropped meanwhile', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    store.startRun(a, 'w1', SCRIPT, 'make', 20);
+    store.dropPlatform('debian-12', 25);
+    expect(store.loseRun(a, 'gone', 40, 0)).toBeNull();
+    expect(store.getRun(a)?.outcome).toEqual({ kind: 'worker-lost', message: 'gone' });
+    expect(store.queues()).toEqual({});
+  });
+
+  it('loseRun of a run that is not running does nothing and returns null', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    expect(store.loseRun(a, 'x', 40, 0)).toBeNull();
+    expect(store.getRun(a)?.state).toBe('queued');
+    store.startRun(a, 'w1', SCRIPT, 'make', 50);
+    store.finishRun(a, { kind: 'exited', code: 1 }, 60);
+    expect(store.loseRun(a, 'x', 70, 0)).toBeNull();
+    expect(store.getRun(a)?.outcome).toEqual({ kind: 'exited', code: 1 });
+    expect(store.loseRun('00000000-0000-4000-8000-000000000000', 'x', 80, 0)).toBeNull();
+    expect(order(store)).toEqual([]);
+  });
+
+  it('runsOfJob lists newest first, up to the limit', () => {
+    const store = openStore();
+    const first = put(store, job('a'), 100);
+    put(store, job('b'), 101);
+    store.startRun(first, 'w1', SCRIPT, 'make', 110);
+    store.finishRun(first, { kind: 'exited', code: 0 }, 120);
+    const second = store.enqueue('a', false, 200).uuid;
+    store.startRun(second, 'w1', SCRIPT, 'make', 210);
+    store.finishRun(second, { kind: 'exited', code: 2 }, 220);
+    const third = store.enqueue('a', false, 300).uuid;
+    expect(store.runsOfJob('a', 10).map((run) => run.uuid)).toEqual([third, second, first]);
+    expect(store.runsOfJob('a', 2).map((run) => run.uuid)).toEqual([third, second]);
+    expect(store.runsOfJob('a', 1)[0]).toMatchObject({ uuid: third, state: 'queued' });
+    expect(store.runsOfJob('b', 10)).toHaveLength(1);
+    expect(store.runsOfJob('nope', 10)).toEqual([]);
+  });
+
+  it('runsOfJob breaks ties of the same queued time by insertion order (newest first)', () => {
+    const store = openStore();
+    const first = put(store, job('a'), 100);
+    store.cancelQueued(first, 'x', 100);
+    const second = store.enqueue('a', false, 100).uuid;
+    expect(store.runsOfJob('a', 10).map((run) => run.uuid)).toEqual([second, first]);
+  });
+
+  // latestRun originally used ?1/?2 placeholders, which better-sqlite3 binds only by name: every call threw
+  // "Too many parameter values were provided" (fixed in f7b59fa); this test guards against that.
+  it('latestRun finds the newest run, optionally of one job and/or platform', () => {
+    const store = openStore();
+    expect(store.latestRun(null, null)).toBeNull();
+    const a = put(store, job('a'), 100);
+    const f = put(store, job('f', { platform: 'freebsd-14' }), 200);
+    const b = put(store, job('b'), 300);
+    expect(store.latestRun(null, null)?.uuid).toBe(b);
+    expect(store.latestRun('a', null)?.uuid).toBe(a);
+    expect(store.latestRun(null, 'freebsd-14')?.uuid).toBe(f);
+    expect(store.latestRun(null, 'debian-12')?.uuid).toBe(b);
+    expect(store.latestRun('a', 'debian-12')?.uuid).toBe(a);
+    expect(store.latestRun('a', 'freebsd-14')).toBeNull();
+    expect(store.latestRun('nope', null)).toBeNull();
+  });
+});
+
+describe('platforms', () => {
+  it('dropPlatform cancels the queued runs of that platform only, and enqueue then refuses', () => {
+    const store = openStore();
+    const a = put(store, job('a'));
+    const b = put(store, job('b'));
+    const f = put(store, job('f', { platform: 'freebsd-14' }));
+    const result = store.dropPlatform('debian-12', 60);
+    expect(result.already).toBe(false);
+    expect([...result.cancelled].sort()).toEqual([a, b].sort());
+    for (const uuid of [a, b]) {
+      expect(store.getRun(uuid)).toMatchObject({ state: 'finished', finishedAt: 60, outcome: { kind: 'cancelled', message: 'platform debian-12 dropped' } });
+    }
+    expect(store.queues()).toEqual({ 'freebsd-14': [{ uuid: f, job: 'f', queuedAt: 10 }] });
+    expect(store.isDropped('debian-12')).toBe(true);
+    expect(store.isDropped('freebsd-14')).toBe(false);
+    expect(store.droppedPlatforms()).toEqual(['debian-12']);
+
+    const error = thrown(() => store.enqueue('a', true, 70));
+    expect(error).toBeInstanceOf(StoreError);
+    expect((error as Error).message).toBe('platform debian-12 is dropped; run undrop-platform debian-12 first');
+    expect(store.queues()['debian-12']).toBeUndefined();
+
+    expect(store.dropPlatform('debian-12', 80)).toEqual({ already: true, cancelled: [] });
+  });
+
+  it('putJob for a dropped platform stores the job but queues nothing', () => {
+    const store = openStore();
+    store.dropPlatform('windows-11', 1);
+    const result = store.putJob(job('w', { platform: 'windows-11' }), false, 10);
+    expect(result).toEqual({ replaced: false, enqueued: null });
+    expect(store.getJob('w')?.platform).toBe('windows-11');
+    expect(store.queues()).toEqual({});
+    expect(store.runsOfJob('w', 10)).toEqual([]);
+  });
+
+  it('undropPlatform lets the platform queue again', () => {
+    const store = openStore();
+    store.dropPlatform('debian-12', 1);
+    store.dropPlatform('alpine-3', 1);
+    store.putJob(job('a'), false, 10);
+    expect(store.undropPlatform('debian-12')).toBe(true);
+    expect(store.undropPlatform('debian-12')).toBe(false);
+    expect(store.isDropped('debian-12')).toBe(false);
+    expect(store.droppedPlatforms()).toEqual(['alpine-3']);
+    expect(store.enqueue('a', false, 20).fresh).toBe(true);
+    expect(order(store)).toEqual(['a']);
+  });
+});
+
+describe('schedules', () => {
+  it('earliestDue is the smallest next_due, ignoring jobs that are never due', () => {
+    const store = openStore();
+    expect(store.earliestDue()).toBeNull();
+    put(store, job('never', { period: { kind: 'never' }, nextDue: null }));
+    expect(store.earliestDue()).toBeNull();
+    put(store, job('late', { nextDue: 9000 }));
+    put(store, job('soon', { nextDue: 3000 }));
+    expect(store.earliestDue()).toBe(3000);
+    store.setSchedule('soon', null, { kind: 'never' });
+    expect(store.earliestDue()).toBe(9000);
+  });
+
+  it('enqueueDue queues the due jobs, moves every due schedule via the callback, and skips what is not due', () => {
+    const store = openStore();
+    // putJob queues at once; take those runs off the queue so that enqueueDue has something to do
+    for (const [name, due] of [['a', 100], ['b', 200], ['c', 300], ['z', 250]] as const) {
+      store.cancelQueued(put(store, job(name, { nextDue: due })), 'setup', 1);
+    }
+    put(store, job('n', { period: { kind: 'never' }, nextDue: null }));
+    const seen: [string, number | null][] = [];
+    const queued = store.enqueueDue(250, (record) => {
+      seen.push([record.name, record.nextDue]);
+      return (record.nextDue as number) + 1000;
+    });
+    expect(seen).toEqual([['a', 100], ['b', 200], ['z', 250]]);
+    expect(queued).toEqual([
+      { uuid: expect.stringMatching(UUID_RE), job: 'a', platform: 'debian-12', fresh: true },
+      { uuid: expect.stringMatching(UUID_RE), job: 'b', platform: 'debian-12', fresh: true },
+      { uuid: expect.stringMatching(UUID_RE), job: 'z', platform: 'debian-12', fresh: true },
+    ]);
+    expect(order(store)).toEqual(['n', 'a', 'b', 'z']);
+    expect(store.queues()['debian-12']?.slice(1).map((entry) => entry.queuedAt)).toEqual([250, 250, 250]);
+    expect(store.getJob('a')?.nextDue).toBe(1100);
+    expect(store.getJob('b')?.nextDue).toBe(1200);
+    expect(store.getJob('z')?.nextDue).toBe(1250);
+    expect(store.getJob('c')?.nextDue).toBe(300);
+    expect(store.getJob('n')?.nextDue).toBeNull();
+    expect(store.earliestDue()).toBe(300);
+  });
+
+  it('enqueueDue skips jobs already queued but still moves their next_due', () => {
+    const store = openStore();
+    const a = put(store, job('a', { nextDue: 100 }));
+    const queued = store.enqueueDue(150, () => 5000);
+    expect(queued).toEqual([]);
+    expect(store.getJob('a')?.nextDue).toBe(5000);
+    expect(store.queues()).toEqual({ 'debian-12': [{ uuid: a, job: 'a', queuedAt: 10 }] });
+  });
+
+  it('enqueueDue queues a job whose previous run is still running', () => {
+    const store = openStore();
+    const a = put(store, job('a', { nextDue: 100 }));
+    store.startRun(a, 'w1', SCRIPT, 'make', 50);
+    const queued = store.enqueueDue(150, () => 5000);
+    expect(queued).toHaveLength(1);
+    expect(queued[0]?.uuid).not.toBe(a);
+  });
+
+  it('enqueueDue skips dropped platforms but still moves their next_due', () => {
+    const store = openStore();
+    store.dropPlatform('windows-11', 1);
+    store.putJob(job('w', { platform: 'windows-11', nextDue: 100 }), false, 10);
+    expect(store.enqueueDue(150, () => 7000)).toEqual([]);
+    expect(store.getJob('w')?.nextDue).toBe(7000);
+    expect(store.queues()).toEqual({});
+  });
+
+  it('enqueueDue can set a schedule to never due (callback returns null)', () => {
+    const store = openStore();
+    store.cancelQueued(put(store, job('once', { nextDue: 100 })), 'setup', 1);
+    expect(store.enqueueDue(100, () => null).map((entry) => entry.job)).toEqual(['once']);
+    expect(store.getJob('once')?.nextDue).toBeNull();
+    expect(store.earliestDue()).toBeNull();
+    expect(store.enqueueDue(1_000_000, () => { throw new Error('not called'); })).toEqual([]);
+  });
+});
+
+describe('durability across restarts', () => {
+  it('keeps jobs, schedules, queues, runs, artifacts and dropped platforms when closed and reopened', () => {
+    const first = openStore();
+    const template: JobSource = { kind: 'template', template: 'opam', vars: { PKG: 'lwt', V: '5' } };
+    put(first, job('a', { source: template, period: { kind: 'cron', expression: '0 3 * * *' }, nextDue: 111, timeoutSeconds: 60 }), 10);
+    const bUuid = put(first, job('b', { nextDue: 222 }), 11);
+    put(first, job('c', { period: { kind: 'never' }, nextDue: null }), 12);
+    put(first, job('f', { platform: 'freebsd-14' }), 13);
+    const aUuid = first.queueFront('debian-12')?.uuid as string;
+    first.startRun(aUuid, 'w1', template, 'rendered script', 20);
+    first.finishRun(aUuid, { kind: 'exited', code: 0 }, 30, [{ path: 'out.tar', size: 10, sha256: SHA_A }, { path: 'log.txt', size: 2, sha256: SHA_B }], 5);
+    first.startRun(bUuid, 'w2', SCRIPT, 'make test', 40);
+    const lostAgain = first.loseRun(bUuid, 'no heartbeat', 50, 3);
+    first.enqueue('a', true, 60);
+    first.dropPlatform('freebsd-14', 70);
+    first.dropPlatform('windows-11', 71);
+
+    const snapshot = (store: Store) => ({
+      jobs: store.listJobs(),
+      queues: store.queues(),
+      dropped: store.droppedPlatforms(),
+      earliest: store.earliestDue(),
+      runs: ['a', 'b', 'c', 'f'].map((name) => store.runsOfJob(name, 100)),
+      details: ['a', 'b', 'c', 'f'].flatMap((name) => store.runsOfJob(name, 100)).map((run) => store.runDetail(run.uuid)),
+      running: store.runsInState('running'),
+      front: store.queueFront('debian-12'),
+    });
+    const before = snapshot(first);
+    expect(before.queues).toEqual({
+      'debian-12': [
+        { uuid: expect.any(String), job: 'a', queuedAt: 60 },
+        { uuid: lostAgain?.uuid, job: 'b', queuedAt: 50 },
+        { uuid: expect.any(String), job: 'c', queuedAt: 12 },
+      ],
+    });
+    expect(before.dropped).toEqual(['freebsd-14', 'windows-11']);
+    expect(before.details.find((detail) => detail?.uuid === aUuid)).toMatchObject({
+      script: 'rendered script', source: template, consoleLines: 5,
+      artifacts: [{ path: 'log.txt', size: 2, sha256: SHA_B }, { path: 'out.tar', size: 10, sha256: SHA_A }],
+    });
+    closeStore(first);
+
+    const second = openStore();
+    expect(snapshot(second)).toEqual(before);
+    expect(second.integrityCheck()).toBe('ok');
+    // and it keeps working: the restored queue hands out the same front run
+    const front = second.queueFront('debian-12');
+    expect(front?.job.name).toBe('a');
+    second.startRun(front?.uuid as string, 'w3', template, 'x', 80);
+    expect(order(second)).toEqual(['b', 'c']);
+    closeStore(second);
+
+    const third = openStore();
+    expect(third.getRun(front?.uuid as string)).toMatchObject({ state: 'running', worker: 'w3', startedAt: 80 });
+    expect(order(third)).toEqual(['b', 'c']);
+  });
+
+  it('a failed transaction leaves nothing behind after a restart', () => {
+    const first = openStore();
+    put(first, job('a'));
+    expect(() => first.putJob(job('a'), false, 20)).toThrow(StoreError);
+    closeStore(first);
+    const second = openStore();
+    expect(second.runsOfJob('a', 10)).toHaveLength(1);
+    expect(second.listJobs()).toHaveLength(1);
+  });
+});
