@@ -146,7 +146,7 @@ await yargs(hideBin(process.argv))
     (y) => y.positional('name', { type: 'string', demandOption: true }).option('json', { type: 'boolean', default: false })
       .option('limit', { type: 'number', default: 50, describe: 'at most this many runs' }),
     (argv) => {
-      if (!Number.isInteger(argv.limit) || argv.limit < 1 || argv.limit > 100000) usageError(PROGRAM, '--limit must be an integer from 1 to 100000');
+      if (!Number.isInteger(argv.limit) || argv.limit < 1 || argv.limit > 10000) usageError(PROGRAM, '--limit must be an integer from 1 to 10000');
       return withClient(argv.remote, (c) => commands.results(c, checkName('job name', argv.name), argv.limit, argv.json, commands.stdio));
     })
   .command('workers', 'connected workers', (y) => y.option('json', { type: 'boolean', default: false }),

@@ -25,7 +25,8 @@ const argv = yargs(hideBin(process.argv))
   .parseSync();
 
 const maxFrameBytes = argv['max-frame-bytes'];
-if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 1024) usageError(PROGRAM, '--max-frame-bytes must be an integer of at least 1024');
+// Artifact chunks are 256 KiB and console batches up to about 1 MiB; smaller frames would refuse them.
+if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 2 * 1024 * 1024) usageError(PROGRAM, '--max-frame-bytes must be an integer of at least 2097152 (2 MiB)');
 
 try {
   const server = await startServer({

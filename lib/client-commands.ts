@@ -8,7 +8,7 @@ import path from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { artifactParser } from '../protocol/artifacts.js';
 import type {
-  Artifact, ConsoleLine, Info, JobSource, Period, RunDetail, RunSummary, WorkerInfo,
+  Artifact, ConsoleLine, Info, JobSource, JobSourceSummary, Period, RunDetail, RunSummary, WorkerInfo,
 } from '../protocol/types.js';
 import { describeOutcome, isSuccess } from '../protocol/types.js';
 import { Client, ClientError, EXIT } from './client.js';
@@ -63,7 +63,7 @@ function table(rows: string[][]): string {
   return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join('  ').trimEnd()).join('\n') + '\n';
 }
 
-function describeSource(source: JobSource): string {
+function describeSource(source: JobSource | JobSourceSummary): string {
   if (source.kind === 'script') return 'script';
   const vars = Object.entries(source.vars).map(([key, value]) => `${key}=${value}`).join(' ');
   return `template ${source.template}${vars ? ` ${vars}` : ''}`;
@@ -190,11 +190,12 @@ export async function show(client: Client, args: ShowArgs, io: Output): Promise<
     io.out(run.script.endsWith('\n') || run.script === '' ? run.script : `${run.script}\n`);
   }
   if (args.console) {
+    // A run that has not ended is followed to its end, as observe does.
     const id = client.send({ type: 'observe', uuid: args.uuid });
     for (;;) {
       const message = await client.receive(id);
       if (message.type === 'console') io.out(message.lines.map(formatConsoleLine).join(''));
-      if (message.type === 'run-end' || (message.type === 'observing' && message.run.state !== 'finished')) break;
+      if (message.type === 'run-end') break;
     }
   }
   return EXIT.ok;

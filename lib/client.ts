@@ -35,7 +35,9 @@ export class Client {
   static async open(remote: string): Promise<Client> {
     let conn: Connection;
     try {
-      conn = await dial(remote);
+      // The server is trusted to send large replies (info on a big farm): accept frames far above the
+      // 16 MiB the server allows its peers.
+      conn = await dial(remote, 256 * 1024 * 1024);
     } catch (error) {
       if (error instanceof Error && error.message.startsWith('invalid address')) throw new ClientError(error.message, EXIT.usage);
       const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;

@@ -81,20 +81,24 @@ export class ConsoleStore {
    * (exclusive; null reads to the end of the file). Writers append whole lines only, so any size the
    * file had is a line boundary and consecutive ranges never split or repeat a line.
    */
-  async *replay(uuid: string, start: number, end: number | null, batchLines = 1000): AsyncGenerator<ConsoleLine[]> {
+  async *replay(uuid: string, start: number, end: number | null, batchLines = 1000, batchBytes = 1024 * 1024): AsyncGenerator<ConsoleLine[]> {
     const file = this.fileOf(uuid);
     if ((end !== null && end <= start) || !fs.existsSync(file)) return;
     const stream = fs.createReadStream(file, end === null ? { start } : { start, end: end - 1 });
     const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
     let batch: ConsoleLine[] = [];
+    let bytes = 0;
     try {
       for await (const text of lines) {
         const line = parseLine(text);
         if (line === null) continue;
         batch.push(line);
-        if (batch.length >= batchLines) {
+        // Characters, not bytes, but a line is at most 64 Ki characters: a batch stays far below a frame.
+        bytes += text.length;
+        if (batch.length >= batchLines || bytes >= batchBytes) {
           yield batch;
           batch = [];
+          bytes = 0;
         }
       }
       if (batch.length > 0) yield batch;

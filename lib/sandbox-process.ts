@@ -4,7 +4,7 @@
  * is killed when the job ends, times out, is cancelled or the server is lost, so no background
  * process outlives its job.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -155,7 +155,7 @@ export class ProcessSandbox implements Sandbox {
     yield* walk(this.dir, '', notes);
   }
 
-  async cleanUp(): Promise<void> {
+  async cleanUp(report: (problem: string) => void = () => {}): Promise<void> {
     if (this.killTimer !== null) clearTimeout(this.killTimer);
     this.signalGroup('SIGKILL');
     if (this.dir === null) return;
@@ -166,7 +166,9 @@ export class ProcessSandbox implements Sandbox {
       await makeWritable(dir);
       await fs.promises.rm(dir, { recursive: true, force: true });
     } catch {
-      // Best effort: a directory we cannot remove is left for the administrator, not fatal.
+      // fs.rm gives up on trees deeper than PATH_MAX; rm(1) walks them relative to each directory.
+      const rm = spawnSync('rm', ['-rf', dir], { encoding: 'utf8' });
+      if (rm.status !== 0 || fs.existsSync(dir)) report(`could not remove the job's directory ${dir}: ${rm.stderr.trim() || `rm exited ${rm.status}`}`);
     }
   }
 }
@@ -177,7 +179,8 @@ async function* walk(root: string, relative: string, notes: (text: string) => vo
   try {
     entries = await fs.promises.readdir(dir, { withFileTypes: true });
   } catch (error) {
-    notes(`cannot list ${relative === '' ? 'the working directory' : relative}: ${(error as Error).message}`);
+    const where = relative === '' ? 'the working directory' : relative.length > 200 ? `${relative.slice(0, 200)}…` : relative;
+    notes(`cannot list ${where}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
     return;
   }
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -185,7 +188,13 @@ async function* walk(root: string, relative: string, notes: (text: string) => vo
     const rel = relative === '' ? entry.name : `${relative}/${entry.name}`;
     if (rel === SCRIPT_NAME) continue;
     const full = path.join(root, rel);
-    const stat = await fs.promises.lstat(full);
+    let stat: fs.Stats;
+    try {
+      stat = await fs.promises.lstat(full);
+    } catch (error) {
+      notes(`not an artifact: ${rel.length > 200 ? `${rel.slice(0, 200)}…` : rel}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+      continue;
+    }
     if (stat.isDirectory()) {
       yield* walk(root, rel, notes);
     } else if (stat.isFile()) {

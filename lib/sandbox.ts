@@ -33,6 +33,6 @@ export interface Sandbox {
   setPaused(paused: boolean): void;
   /** The files the job left behind, as tar sources; `notes` receives what was skipped and why. */
   collect(notes: (text: string) => void): AsyncGenerator<TarSource>;
-  /** Removes everything the job left. Never throws. */
-  cleanUp(): Promise<void>;
+  /** Removes everything the job left. Never throws; what could not be removed goes to `report`. */
+  cleanUp(report?: (problem: string) => void): Promise<void>;
 }

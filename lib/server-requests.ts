@@ -3,6 +3,7 @@
  * asks the store to change it (committed before the reply is sent), and replies with one message (or,
  * for observe and fetch, a stream of them).
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Connection } from '../protocol/connection.js';
 import { tarStream, type TarSource } from '../protocol/artifacts.js';
@@ -42,12 +43,13 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
           context.templates.render(message.source.template, message.platform, message.source.vars,
             { job: message.name, platform: message.platform, uuid: PLACEHOLDER_UUID });
         }
-        const { replaced, enqueued } = store.putJob({
+        const { replaced, enqueued, cancelled } = store.putJob({
           name: message.name, platform: message.platform, source: message.source, period: message.period,
           nextDue: nextDue(message.period, now), timeoutSeconds: message.timeoutSeconds, createdAt: now,
         }, message.replace, now);
         log('schedule', { peer: conn.peer, job: message.name, platform: message.platform, period: describePeriod(message.period), replaced });
         context.scheduler.rearm();
+        endRun(context, cancelled);
         const verb = replaced ? 'replaced' : 'scheduled';
         if (enqueued === null) {
           conn.send({ type: 'queued', id: message.id, job: message.name, uuid: null,
@@ -117,7 +119,12 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         conn.send({
           type: 'info-result', id: message.id,
           info: {
-            jobs: store.listJobs().map(({ createdAt: _createdAt, ...job }) => job),
+            jobs: store.listJobs().map(({ createdAt: _createdAt, source, ...job }) => ({
+              ...job,
+              source: source.kind === 'script'
+                ? { kind: 'script' as const, bytes: Buffer.byteLength(source.script), sha256: crypto.createHash('sha256').update(source.script).digest('hex') }
+                : source,
+            })),
             queues: store.queues(),
             running: store.runsInState('running'),
             dropped: store.droppedPlatforms(),

@@ -8,7 +8,7 @@ import type { Connection } from '../protocol/connection.js';
 import { artifactParser } from '../protocol/artifacts.js';
 import { type Hello, WorkerMessage, parseWith } from '../protocol/messages.js';
 import type { Artifact, ConsoleLine, JobSource, Outcome, WorkerInfo } from '../protocol/types.js';
-import { describeOutcome } from '../protocol/types.js';
+import { describeOutcome, limitMessage } from '../protocol/types.js';
 import type { ConsoleWriter } from './console-log.js';
 import type { ServerContext } from './server.js';
 import type { Enqueued } from './store.js';
@@ -25,7 +25,7 @@ class Upload {
   private readonly parser;
   private ended: Promise<void>;
 
-  constructor(context: ServerContext, private readonly conn: Connection) {
+  constructor(context: ServerContext, private readonly conn: Connection, private readonly paused: (paused: boolean) => void) {
     this.parser = artifactParser({
       file: (path, size, entry) => {
         this.pending.push(context.artifacts.store(path, size, entry, context.options.maxArtifactBytes)
@@ -44,8 +44,13 @@ class Upload {
   write(chunk: Uint8Array): void {
     if (!this.parser.write(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength))) {
       // Disk slower than the network: stop reading from this worker until the parser catches up.
+      // Its heartbeats wait in the socket meanwhile, so its silence does not count.
       this.conn.pause();
-      this.parser.once('drain', () => this.conn.resume());
+      this.paused(true);
+      this.parser.once('drain', () => {
+        this.paused(false);
+        this.conn.resume();
+      });
     }
   }
 
@@ -214,7 +219,7 @@ export class Dispatcher {
           : templates.render(source.template, front.job.platform, source.vars, { job: front.job.name, platform: front.job.platform, uuid: front.uuid });
       } catch (error) {
         if (!(error instanceof TemplateError)) throw error;
-        store.finishRun(front.uuid, { kind: 'error', message: error.message }, now);
+        store.finishRun(front.uuid, { kind: 'error', message: limitMessage(error.message) }, now);
         log('finish', { run: front.uuid, job: front.job.name, outcome: `error: ${error.message}` });
         const run = store.getRun(front.uuid);
         if (run !== null) hub.end(run);
@@ -259,7 +264,10 @@ export class Dispatcher {
       case 'upload': {
         const run = this.currentRun(worker, message.uuid, 'upload');
         if (run === null) return;
-        run.upload ??= new Upload(this.context, worker.conn);
+        run.upload ??= new Upload(this.context, worker.conn, (paused) => {
+          if (paused) worker.stopSilenceTimer();
+          else if (worker.run === run && !run.finishing) worker.startSilenceTimer(this.context.options.heartbeatSeconds, () => this.silent(worker));
+        });
         run.upload.write(message.chunk);
         return;
       }
@@ -284,12 +292,14 @@ export class Dispatcher {
   private async finish(worker: WorkerSession, run: ActiveRun, reported: Outcome): Promise<void> {
     const { store, hub, log } = this.context;
     run.finishing = true;
+    // The worker has reported; storing its artifacts may take a while, and that is not its silence.
+    worker.stopSilenceTimer();
     let outcome = reported;
     let artifacts: Artifact[] = [];
     if (run.upload !== null) {
       await run.upload.finish();
       if (run.upload.problem !== null) {
-        outcome = { kind: 'error', message: `${describeOutcome(reported)}, but its artifacts were refused: ${run.upload.problem}` };
+        outcome = { kind: 'error', message: limitMessage(`${describeOutcome(reported)}, but its artifacts were refused: ${run.upload.problem}`) };
         const note: ConsoleLine = { at: Date.now() - (store.getRun(run.uuid)?.startedAt ?? Date.now()), stream: 'builder', text: `artifacts refused: ${run.upload.problem}` };
         run.console.append([note]);
         hub.lines(run.uuid, [note]);
@@ -338,7 +348,7 @@ export class Dispatcher {
     run.console.close(false);
     run.upload?.finish().catch(() => {});
     const { store, hub, log } = this.context;
-    const again = store.loseRun(run.uuid, message, Date.now(), run.console.lines);
+    const again = store.loseRun(run.uuid, limitMessage(message), Date.now(), run.console.lines);
     log('lost', { run: run.uuid, job: run.job, worker: worker.id, reason: message, requeued: again?.uuid ?? 'no' });
     const summary = store.getRun(run.uuid);
     if (summary !== null) hub.end(summary);

@@ -153,6 +153,17 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
         return;
       }
       clearTimeout(helloTimer);
+      // The version is compared before the rest of the hello is validated: a peer of another version
+      // may shape its hello differently, and deserves the version sentence, not a schema error.
+      const claimed = typeof value === 'object' && value !== null && 'type' in value && value.type === 'hello' && 'version' in value ? value.version : undefined;
+      if (typeof claimed === 'number' && claimed !== PROTOCOL_VERSION) {
+        const role = 'role' in (value as object) && typeof (value as { role: unknown }).role === 'string' ? String((value as { role: string }).role).slice(0, 16) : 'peer';
+        const software = 'software' in (value as object) ? String((value as { software: unknown }).software).slice(0, 64) : 'unknown software';
+        log('error', { peer: conn.peer, problem: 'protocol version mismatch', theirs: claimed, ours: PROTOCOL_VERSION });
+        conn.fail(`protocol version mismatch: this server (${SOFTWARE}) speaks protocol version ${PROTOCOL_VERSION}, `
+          + `the ${role} (${software}) speaks ${claimed}; use matching builder versions`);
+        return;
+      }
       const parsed = parseWith(Hello, value);
       if (!parsed.ok) {
         log('error', { peer: conn.peer, problem: parsed.error });
@@ -160,12 +171,6 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
         return;
       }
       const hello = parsed.message;
-      if (hello.version !== PROTOCOL_VERSION) {
-        log('error', { peer: conn.peer, problem: 'protocol version mismatch', theirs: hello.version, ours: PROTOCOL_VERSION });
-        conn.fail(`protocol version mismatch: this server (${SOFTWARE}) speaks protocol version ${PROTOCOL_VERSION}, `
-          + `the ${hello.role} (${hello.software}) speaks ${hello.version}; use matching builder versions`);
-        return;
-      }
       conn.send({
         type: 'welcome', version: PROTOCOL_VERSION, software: SOFTWARE,
         heartbeatSeconds: options.heartbeatSeconds, maxFrameBytes: options.maxFrameBytes,

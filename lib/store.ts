@@ -10,7 +10,7 @@
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import type {
-  Artifact, JobInfo, JobSource, Outcome, Period, QueueEntry, RunDetail, RunState, RunSummary,
+  Artifact, JobSource, Outcome, Period, QueueEntry, RunDetail, RunState, RunSummary,
 } from '../protocol/types.js';
 
 /** Numbered migrations; PRAGMA user_version records how many have run. Never edit one that shipped. */
@@ -68,7 +68,13 @@ const MIGRATIONS: string[] = [
   `,
 ];
 
-export interface JobRecord extends JobInfo {
+export interface JobRecord {
+  name: string;
+  platform: string;
+  source: JobSource;
+  period: Period;
+  nextDue: number | null;
+  timeoutSeconds: number | null;
   createdAt: number;
 }
 
@@ -172,19 +178,20 @@ export class Store {
   }
 
   /** Adds a job (or replaces one of the same name when `replace`), and queues it in the same transaction. */
-  putJob(job: JobRecord, replace: boolean, now: number): { replaced: boolean; enqueued: Enqueued | null } {
+  putJob(job: JobRecord, replace: boolean, now: number): { replaced: boolean; enqueued: Enqueued | null; cancelled: string | null } {
     return this.db.transaction(() => {
       const existing = this.getJob(job.name);
       if (existing !== null && !replace) throw new StoreError(`job ${job.name} already exists; give --replace to replace it`);
+      let cancelled: string | null = null;
       if (existing !== null) {
-        if (existing.platform !== job.platform) this.removeQueued(job.name, 'job replaced for another platform', now);
+        if (existing.platform !== job.platform) cancelled = this.removeQueued(job.name, 'job replaced for another platform', now);
         this.db.prepare('DELETE FROM jobs WHERE name = ?').run(job.name);
       }
       this.db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, created_at)
         VALUES (?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
         JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, existing?.createdAt ?? job.createdAt);
       const enqueued = this.isDropped(job.platform) ? null : this.enqueueLocked(job.name, job.platform, false, now);
-      return { replaced: existing !== null, enqueued };
+      return { replaced: existing !== null, enqueued, cancelled };
     })();
   }
 

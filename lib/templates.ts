@@ -48,7 +48,12 @@ export class Templates {
       throw new TemplateError(`template ${template} has no variant for platform ${platform}; it has: ${platforms.join(', ')}`);
     }
     const file = path.join(this.dir, template, `${platform}${SUFFIX}`);
-    const source = fs.readFileSync(file, 'utf8');
+    let source: string;
+    try {
+      source = fs.readFileSync(file, 'utf8');
+    } catch (error) {
+      throw new TemplateError(`template ${template} for ${platform}: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    }
     try {
       const compiled = Handlebars.compile(source, { strict: true, noEscape: true });
       return compiled({ ...vars, job: context.job, platform: context.platform, uuid: context.uuid });

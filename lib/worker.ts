@@ -10,7 +10,7 @@ import { HandshakeRefused, handshake } from '../protocol/handshake.js';
 import { ConnectionClosed, Inbox } from '../protocol/inbox.js';
 import { type JobAssignment, ServerToWorker, type Welcome } from '../protocol/messages.js';
 import type { ConsoleLine, Outcome } from '../protocol/types.js';
-import { describeOutcome } from '../protocol/types.js';
+import { describeOutcome, limitMessage } from '../protocol/types.js';
 import type { Sandbox } from './sandbox.js';
 import { ProcessSandbox } from './sandbox-process.js';
 import { SOFTWARE } from './version.js';
@@ -208,32 +208,44 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
     }
   }
   flush();
+  // Report first, clean up after: heartbeats go on until the server has confirmed, so a slow
+  // commit on the server or a slow clean-up here never makes a finished run look lost.
+  let confirmed = false;
+  if (!lost) {
+    conn.send({ type: 'finished', uuid: job.uuid, outcome: limitOutcome(outcome) });
+    try {
+      for (;;) {
+        const message = await inbox.next();
+        if (message.type === 'finished-ack' && message.uuid === job.uuid) break;
+      }
+      confirmed = true;
+    } catch {
+      // Reported below.
+    }
+  }
   clearInterval(heartbeat);
-  await sandbox.cleanUp();
+  inbox.listener = null;
+  inbox.onClose = null;
+  await sandbox.cleanUp((problem) => say(problem));
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
-
   if (lost) {
-    inbox.listener = null;
-    inbox.onClose = null;
     say(`lost the connection to the server while running ${job.name}; the job was stopped (the server queues it again)`);
     return WORKER_EXIT.lostServer;
   }
-  conn.send({ type: 'finished', uuid: job.uuid, outcome });
-  try {
-    for (;;) {
-      const message = await inbox.next();
-      if (message.type === 'finished-ack' && message.uuid === job.uuid) break;
-    }
-  } catch {
-    say(`lost the connection to the server before it confirmed run ${job.uuid}; the server queues it again`);
+  if (!confirmed) {
+    say(`lost the connection to the server after reporting run ${job.uuid} (${describeOutcome(outcome)}) but before it confirmed; `
+      + 'if the report did not arrive, the server queues the job again');
     return WORKER_EXIT.lostServer;
-  } finally {
-    inbox.listener = null;
-    inbox.onClose = null;
   }
   say(`${job.name} (run ${job.uuid}) ${describeOutcome(outcome)}`);
   return WORKER_EXIT.ok;
+}
+
+/** Outcome messages are bounded on the wire; a long one (a deep path in an error) is cut. */
+function limitOutcome(outcome: Outcome): Outcome {
+  if ('message' in outcome) return { ...outcome, message: limitMessage(outcome.message) };
+  return outcome;
 }
 
 export function defaultHostname(): string {

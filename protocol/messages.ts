@@ -68,7 +68,7 @@ export const UndropPlatformRequest = z.object({ type: z.literal('undrop-platform
 export const CancelRequest = z.object({ type: z.literal('cancel'), id: RequestId, uuid: Uuid });
 export const InfoRequest = z.object({ type: z.literal('info'), id: RequestId });
 export const ResultsRequest = z.object({
-  type: z.literal('results'), id: RequestId, name: Name, limit: z.number().int().min(1).max(100000),
+  type: z.literal('results'), id: RequestId, name: Name, limit: z.number().int().min(1).max(10000),
 });
 export const WorkersRequest = z.object({ type: z.literal('workers'), id: RequestId });
 export const ShowRequest = z.object({ type: z.literal('show'), id: RequestId, uuid: Uuid });

@@ -23,6 +23,9 @@ export const Name = z.string().regex(NAME_PATTERN, 'must be 1-128 characters of 
 
 export const Uuid = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'must be a lowercase UUID');
 
+/** The longest message an outcome carries (error texts, reasons). */
+export const MAX_MESSAGE_CHARS = 4096;
+
 /** Milliseconds since the Unix epoch. */
 export const Timestamp = z.number().int().nonnegative();
 
@@ -53,10 +56,10 @@ export const Outcome = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('exited'), code: z.number().int().min(0).max(255) }),
   z.object({ kind: z.literal('signalled'), signal: z.number().int().min(1).max(128) }),
   z.object({ kind: z.literal('stopped'), signal: z.number().int().min(1).max(128) }),
-  z.object({ kind: z.literal('error'), message: z.string().max(4096) }),
+  z.object({ kind: z.literal('error'), message: z.string().max(MAX_MESSAGE_CHARS) }),
   z.object({ kind: z.literal('timeout'), seconds: z.number().int().nonnegative() }),
-  z.object({ kind: z.literal('cancelled'), message: z.string().max(4096) }),
-  z.object({ kind: z.literal('worker-lost'), message: z.string().max(4096) }),
+  z.object({ kind: z.literal('cancelled'), message: z.string().max(MAX_MESSAGE_CHARS) }),
+  z.object({ kind: z.literal('worker-lost'), message: z.string().max(MAX_MESSAGE_CHARS) }),
 ]);
 export type Outcome = z.infer<typeof Outcome>;
 
@@ -101,10 +104,20 @@ export const RunDetail = RunSummary.extend({
 });
 export type RunDetail = z.infer<typeof RunDetail>;
 
+/**
+ * What a job runs, as listed by `info`: a script is summarised by its size and hash (scripts can be
+ * large, and info lists every job); `show` gives the exact script of a run.
+ */
+export const JobSourceSummary = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('script'), bytes: z.number().int().nonnegative(), sha256: z.string().regex(/^[0-9a-f]{64}$/) }),
+  z.object({ kind: z.literal('template'), template: Name, vars: Vars }),
+]);
+export type JobSourceSummary = z.infer<typeof JobSourceSummary>;
+
 export const JobInfo = z.object({
   name: Name,
   platform: Name,
-  source: JobSource,
+  source: JobSourceSummary,
   period: Period,
   nextDue: Timestamp.nullable(),
   timeoutSeconds: z.number().int().positive().nullable(),
@@ -135,6 +148,11 @@ export const Info = z.object({
   workers: z.number().int().nonnegative(),
 });
 export type Info = z.infer<typeof Info>;
+
+/** Cuts a message to what an outcome may hold, saying that it was cut. */
+export function limitMessage(message: string): string {
+  return message.length <= MAX_MESSAGE_CHARS ? message : `${message.slice(0, MAX_MESSAGE_CHARS - 20)}… (message cut)`;
+}
 
 /** Outcomes that count as success: only a clean exit 0. */
 export function isSuccess(outcome: Outcome | null): boolean {

@@ -24,6 +24,8 @@ beforeAll(async () => {
   fs.mkdirSync(path.join(templates, 'greet'), { recursive: true });
   fs.writeFileSync(path.join(templates, 'greet', `${PLATFORM}.sh.hbs`), 'echo "hello {{who}} from {{job}}"\n');
   fs.writeFileSync(path.join(templates, 'greet', 'other-platform.sh.hbs'), 'echo other\n');
+  // A template "file" that cannot be read: a directory where the file should be.
+  fs.mkdirSync(path.join(templates, 'broken', `${PLATFORM}.sh.hbs`), { recursive: true });
   server = await startServer(path.join(dir, 'state'), ['--templates', templates]);
 });
 
@@ -221,7 +223,8 @@ describe('client errors: one line on stderr, a non-zero exit, nothing changed', 
     { args: ['schedule', 'x', PLATFORM, '/dev/null', '--every', '1d', '--cron', '0 3 * * *'], code: 1, stderr: /^builder-client: give at most one of --every, --cron and --period\n$/ },
     { args: ['schedule', 'x', PLATFORM, '/dev/null', '--timeout', 'soon'], code: 1, stderr: /^builder-client: --timeout: invalid duration 'soon'/ },
     { args: ['reschedule', 'x', 'tomorrow-ish'], code: 1, stderr: /^builder-client: invalid time 'tomorrow-ish': use an ISO 8601 time/ },
-    { args: ['schedule-template', 'x', PLATFORM, 'no-such-template'], code: 2, stderr: /^builder-client: unknown template no-such-template; known templates: greet\n$/ },
+    { args: ['schedule-template', 'x', PLATFORM, 'no-such-template'], code: 2, stderr: /^builder-client: unknown template no-such-template; known templates: broken, greet\n$/ },
+    { args: ['schedule-template', 'x', PLATFORM, 'broken'], code: 2, stderr: new RegExp(`^builder-client: template broken for ${PLATFORM}: cannot read .*/broken/${PLATFORM}\\.sh\\.hbs: EISDIR\\n$`) },
     { args: ['schedule-template', 'x', 'third-platform', 'greet', '--var', 'who=me'], code: 2, stderr: /^builder-client: template greet has no variant for platform third-platform; platforms that have one: other-platform, test-platform\n$/ },
     { args: ['schedule-template', 'x', PLATFORM, 'greet'], code: 2, stderr: new RegExp(`^builder-client: template greet for ${PLATFORM} needs variable 'who': give it with --var who=VALUE\\n$`) },
     { args: ['schedule-template', 'x', PLATFORM, 'greet', '--var', 'not an identifier=1'], code: 1, stderr: /^builder-client: invalid --var 'not an identifier=1'/ },

@@ -149,6 +149,18 @@ describe('schedule → run → observe → fetch', () => {
     expect(run.outcome?.message).toMatch(/^cannot write the job's files in .*does\/not\/exist: ENOENT/);
   });
 
+  it('a job that leaves a tree deeper than PATH_MAX still finishes, and its directory is removed', async () => {
+    const tmp = path.join(dir, 'deep-tmp');
+    fs.mkdirSync(tmp);
+    const uuid = await scheduleScript(server, dir, 'deep', 'echo top > top.txt\npython3 -c "import os\nfor _ in range(250): os.mkdir(20 * \'a\'); os.chdir(20 * \'a\')\nopen(\'f\', \'w\').write(\'deep\')"\n');
+    expect((await startWorker(server, [], PLATFORM, tmp).exit).code).toBe(0);
+    const run = await show(server, uuid);
+    expect(run.outcome).toEqual({ kind: 'exited', code: 0 });
+    expect(run.artifacts?.map((a) => a.path)).toEqual(['top.txt']);
+    expect((await client(server, ['observe', uuid])).stdout).toMatch(/# not an artifact: a{20}\/.*…: ENAMETOOLONG/);
+    expect(fs.readdirSync(tmp)).toEqual([]);
+  });
+
   it('observe-latest waits for the next run of a job', async () => {
     const observer = client(server, ['observe-latest', '--job', 'latest-job', '--raw']);
     await new Promise((resolve) => setTimeout(resolve, 500));

@@ -29,7 +29,7 @@ const workerInfo = {
   address: '127.0.0.1:5555', connectedAt: 1, lastSeen: 2, run: UUID,
 };
 const info = {
-  jobs: [jobInfo, { ...jobInfo, name: 'weekly', source: { kind: 'script', script: 'make' }, period: { kind: 'every', seconds: 604800 }, nextDue: null, timeoutSeconds: null }],
+  jobs: [jobInfo, { ...jobInfo, name: 'weekly', source: { kind: 'script', bytes: 4, sha256: 'a'.repeat(64) }, period: { kind: 'every', seconds: 604800 }, nextDue: null, timeoutSeconds: null }],
   queues: { 'debian-12': [{ uuid: UUID, job: 'nightly', queuedAt: 7 }], 'freebsd-14': [] },
   running: [{ ...runSummary, state: 'running', finishedAt: null, outcome: null }],
   dropped: ['windows-11'],

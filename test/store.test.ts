@@ -179,7 +179,7 @@ describe('jobs', () => {
     put(store, job('other'));
     const replacement = job('nightly', { source: { kind: 'script', script: 'new script' }, period: { kind: 'never' }, nextDue: null, createdAt: 99 });
     const result = store.putJob(replacement, true, 70);
-    expect(result).toEqual({ replaced: true, enqueued: { uuid, job: 'nightly', platform: 'debian-12', fresh: false } });
+    expect(result).toEqual({ replaced: true, enqueued: { uuid, job: 'nightly', platform: 'debian-12', fresh: false }, cancelled: null });
     expect(store.getJob('nightly')).toEqual({ ...replacement, createdAt: 5 });
     expect(store.queues()['debian-12']?.map((entry) => entry.uuid)).toEqual([uuid, expect.any(String)]);
     expect(order(store)).toEqual(['nightly', 'other']);
@@ -204,6 +204,7 @@ describe('jobs', () => {
     expect(result.replaced).toBe(true);
     expect(result.enqueued).toEqual({ uuid: expect.stringMatching(UUID_RE), job: 'nightly', platform: 'freebsd-14', fresh: true });
     expect(result.enqueued?.uuid).not.toBe(uuid);
+    expect(result.cancelled).toBe(uuid);
     expect(store.getRun(uuid)).toMatchObject({ state: 'finished', finishedAt: 80, outcome: { kind: 'cancelled', message: 'job replaced for another platform' } });
     expect(store.queues()).toEqual({ 'freebsd-14': [{ uuid: result.enqueued?.uuid, job: 'nightly', queuedAt: 80 }] });
   });
@@ -531,7 +532,7 @@ describe('platforms', () => {
     const store = openStore();
     store.dropPlatform('windows-11', 1);
     const result = store.putJob(job('w', { platform: 'windows-11' }), false, 10);
-    expect(result).toEqual({ replaced: false, enqueued: null });
+    expect(result).toEqual({ replaced: false, enqueued: null, cancelled: null });
     expect(store.getJob('w')?.platform).toBe('windows-11');
     expect(store.queues()).toEqual({});
     expect(store.runsOfJob('w', 10)).toEqual([]);
