@@ -1,18 +1,33 @@
 /** Argument helpers shared by the three entry points: one-line usage errors and exit status 1. */
-import { parseDuration } from '../lib/period.js';
+import { formatDuration, parseDuration } from '../lib/period.js';
+import { parseAddress } from '../protocol/connection.js';
+import { MAX_TIMEOUT_SECONDS } from '../protocol/types.js';
 
 export function usageError(program: string, message: string): never {
   process.stderr.write(`${program}: ${message}\n`);
   process.exit(1);
 }
 
-/** Parses a duration option into seconds, or exits 1 naming the option. */
-export function durationOption(program: string, option: string, value: string): number {
+/** Parses a duration option into seconds (at most `max`), or exits 1 naming the option. */
+export function durationOption(program: string, option: string, value: string, max = MAX_TIMEOUT_SECONDS): number {
+  let seconds: number;
   try {
-    return parseDuration(value);
+    seconds = parseDuration(value);
   } catch (error) {
     return usageError(program, `--${option}: ${(error as Error).message}`);
   }
+  if (seconds > max) usageError(program, `--${option}: ${value} is longer than the maximum of ${formatDuration(max)}`);
+  return seconds;
+}
+
+/** Checks a HOST:PORT option, or exits 1 naming the option. */
+export function addressOption(program: string, option: string, value: string): string {
+  try {
+    parseAddress(value);
+  } catch (error) {
+    usageError(program, `--${option}: ${(error as Error).message}`);
+  }
+  return value;
 }
 
 export const DEFAULT_REMOTE = '127.0.0.1:1234';

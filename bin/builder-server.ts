@@ -4,7 +4,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { DEFAULT_SERVER_OPTIONS, startServer } from '../lib/server.js';
 import { DEFAULT_TEMPLATES_DIR, defaultStateDir } from '../lib/platform.js';
-import { durationOption, usageError } from './args.js';
+import { addressOption, durationOption, usageError } from './args.js';
 
 const PROGRAM = 'builder-server';
 
@@ -31,11 +31,11 @@ if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 2 * 1024 * 1024) usageEr
 try {
   const server = await startServer({
     ...DEFAULT_SERVER_OPTIONS,
-    listen: argv.listen,
+    listen: addressOption(PROGRAM, 'listen', argv.listen),
     stateDir: argv['state-dir'] ?? defaultStateDir(),
     templatesDir: argv.templates,
     jobTimeoutSeconds: durationOption(PROGRAM, 'job-timeout', argv['job-timeout']),
-    heartbeatSeconds: durationOption(PROGRAM, 'heartbeat', argv.heartbeat),
+    heartbeatSeconds: durationOption(PROGRAM, 'heartbeat', argv.heartbeat, 3600),
     maxFrameBytes,
     strict: argv.strict,
   });

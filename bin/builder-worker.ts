@@ -4,7 +4,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { NAME_PATTERN } from '../protocol/types.js';
 import { defaultHostname, runWorker } from '../lib/worker.js';
-import { remoteDefault, usageError } from './args.js';
+import { addressOption, remoteDefault, usageError } from './args.js';
 
 const PROGRAM = 'builder-worker';
 
@@ -30,6 +30,6 @@ if (!NAME_PATTERN.test(platform)) usageError(PROGRAM, `invalid platform '${platf
 const labels = argv.labels.split(',').map((label) => label.trim()).filter((label) => label.length > 0);
 
 const code = await runWorker({
-  platform, remote: argv.remote, labels, loop: argv.loop, hostname: argv.hostname, tmpDir: argv['tmp-dir'],
+  platform, remote: addressOption(PROGRAM, 'remote', argv.remote), labels, loop: argv.loop, hostname: argv.hostname, tmpDir: argv['tmp-dir'],
 });
 process.exit(code);

@@ -13,7 +13,8 @@ export class ArtifactFiles {
   private readonly tmpDir: string;
   private counter = 0;
 
-  constructor(readonly dir: string) {
+  /** `syncDirs`: fsync a directory after a file is renamed into it (--strict: survive power loss). */
+  constructor(readonly dir: string, private readonly syncDirs = false) {
     this.tmpDir = path.join(dir, 'tmp');
     fs.mkdirSync(this.tmpDir, { recursive: true });
     // Left over from a crash in the middle of an upload: never referenced by the database.
@@ -56,7 +57,18 @@ export class ArtifactFiles {
     } else {
       await fs.promises.mkdir(path.dirname(final), { recursive: true });
       await fs.promises.rename(tmp, final);
+      if (this.syncDirs) await syncDirectory(path.dirname(final));
     }
     return { path: relativePath, size, sha256 };
+  }
+}
+
+/** Makes a directory's entries (a rename, a new file) durable. */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await fs.promises.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }

@@ -6,18 +6,20 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
 import type { ConsoleLine } from '../protocol/types.js';
 
 const STREAM_CODE = { out: 'o', err: 'e', builder: 'b' } as const;
 const CODE_STREAM: Record<string, ConsoleLine['stream']> = { o: 'out', e: 'err', b: 'builder' };
 
+/** A line never contains a newline; one that arrives with one (from a broken worker) is split. */
+export function normalizeLines(lines: ConsoleLine[]): ConsoleLine[] {
+  if (!lines.some((line) => line.text.includes('\n'))) return lines;
+  return lines.flatMap((line) => line.text.split('\n').map((text) => ({ ...line, text })));
+}
+
 export function formatLines(lines: ConsoleLine[]): string {
   let out = '';
-  for (const line of lines) {
-    // A line never contains a newline in the file; one that arrives with one is split.
-    for (const piece of line.text.split('\n')) out += `${line.at} ${STREAM_CODE[line.stream]} ${piece}\n`;
-  }
+  for (const line of lines) out += `${line.at} ${STREAM_CODE[line.stream]} ${line.text}\n`;
   return out;
 }
 
@@ -37,21 +39,21 @@ export class ConsoleWriter {
   bytes = 0;
   lines = 0;
 
-  constructor(readonly file: string) {
+  constructor(readonly file: string, private readonly syncDir = false) {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     // A run that is dispatched again after a crash starts a fresh console: truncate.
     this.fd = fs.openSync(file, 'w');
   }
 
-  /** Appends lines synchronously, so a replay that starts after this call sees them in the file. */
-  append(lines: ConsoleLine[]): number {
-    const text = formatLines(lines);
-    const buffer = Buffer.from(text);
+  /**
+   * Appends lines (already normalised: no newline inside) synchronously, so a replay that starts
+   * after this call sees them in the file.
+   */
+  append(lines: ConsoleLine[]): void {
+    const buffer = Buffer.from(formatLines(lines));
     fs.writeSync(this.fd, buffer);
     this.bytes += buffer.length;
-    const count = lines.reduce((sum, line) => sum + 1 + (line.text.match(/\n/g)?.length ?? 0), 0);
-    this.lines += count;
-    return count;
+    this.lines += lines.length;
   }
 
   /** Flushes to disk and closes: called before the run's outcome is committed. */
@@ -60,11 +62,20 @@ export class ConsoleWriter {
     if (sync) fs.fdatasyncSync(this.fd);
     fs.closeSync(this.fd);
     this.fd = -1;
+    if (sync && this.syncDir) {
+      // The file was created at dispatch: its directory entry must be durable too (--strict).
+      const dir = fs.openSync(path.dirname(this.file), 'r');
+      try {
+        fs.fsyncSync(dir);
+      } finally {
+        fs.closeSync(dir);
+      }
+    }
   }
 }
 
 export class ConsoleStore {
-  constructor(readonly dir: string) {
+  constructor(readonly dir: string, private readonly syncDirs = false) {
     fs.mkdirSync(dir, { recursive: true });
   }
 
@@ -73,7 +84,7 @@ export class ConsoleStore {
   }
 
   open(uuid: string): ConsoleWriter {
-    return new ConsoleWriter(this.fileOf(uuid));
+    return new ConsoleWriter(this.fileOf(uuid), this.syncDirs);
   }
 
   /**
@@ -85,25 +96,31 @@ export class ConsoleStore {
     const file = this.fileOf(uuid);
     if ((end !== null && end <= start) || !fs.existsSync(file)) return;
     const stream = fs.createReadStream(file, end === null ? { start } : { start, end: end - 1 });
-    const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
+    // Split on \n only (readline would also split on a bare \r, which progress bars print), on
+    // bytes: 0x0a never occurs inside a UTF-8 sequence, so each line decodes on its own.
+    let rest: Buffer = Buffer.alloc(0);
     let batch: ConsoleLine[] = [];
     let bytes = 0;
     try {
-      for await (const text of lines) {
-        const line = parseLine(text);
-        if (line === null) continue;
-        batch.push(line);
-        // Characters, not bytes, but a line is at most 64 Ki characters: a batch stays far below a frame.
-        bytes += text.length;
-        if (batch.length >= batchLines || bytes >= batchBytes) {
-          yield batch;
-          batch = [];
-          bytes = 0;
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        const data = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
+        let from = 0;
+        for (let nl = data.indexOf(10, from); nl >= 0; nl = data.indexOf(10, from)) {
+          const line = parseLine(data.toString('utf8', from, nl));
+          bytes += nl - from;
+          from = nl + 1;
+          if (line === null) continue;
+          batch.push(line);
+          if (batch.length >= batchLines || bytes >= batchBytes) {
+            yield batch;
+            batch = [];
+            bytes = 0;
+          }
         }
+        rest = data.subarray(from);
       }
       if (batch.length > 0) yield batch;
     } finally {
-      lines.close();
       stream.destroy();
     }
   }

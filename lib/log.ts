@@ -25,3 +25,15 @@ export const stderrLogger: Logger = (event, fields) => {
 };
 
 export const silentLogger: Logger = () => {};
+
+/**
+ * Runs `action` from an event handler or timer, where an exception would end the process: a failure
+ * (a full disk under SQLite, say) is logged as one line instead, and the server keeps serving.
+ */
+export function guard(log: Logger, during: string, action: () => void): void {
+  try {
+    action();
+  } catch (error) {
+    log('error', { during, problem: (error as Error).message });
+  }
+}

@@ -26,6 +26,8 @@ export interface ProcessSandboxOptions {
   killGraceMs?: number;
   /** Milliseconds after which a partial line (no newline yet) is sent anyway. */
   partialLineMs?: number;
+  /** Milliseconds to keep reading output after the shell exited (for processes outside its group). */
+  drainMs?: number;
 }
 
 export class ProcessSandbox implements Sandbox {
@@ -35,6 +37,10 @@ export class ProcessSandbox implements Sandbox {
   private killedFor: KillReason | null = null;
   private killTimer: NodeJS.Timeout | null = null;
   private splitters: LineSplitter[] = [];
+  private drainTimer: NodeJS.Timeout | null = null;
+  /** The shell exited and its group was killed: never signal that process group id again. */
+  private groupGone = false;
+  private stopReading: ((why: string) => void) | null = null;
 
   constructor(private readonly options: ProcessSandboxOptions = {}) {}
 
@@ -87,22 +93,46 @@ export class ProcessSandbox implements Sandbox {
       child.stderr?.on('error', readError('stderr'));
 
       let exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+      let finished = false;
       const finish = (): void => {
+        if (finished) return;
+        finished = true;
         clearTimeout(timeout);
         if (this.killTimer !== null) clearTimeout(this.killTimer);
+        if (this.drainTimer !== null) clearTimeout(this.drainTimer);
         out.end();
         err.end();
         resolve(this.outcome(exit, job));
       };
+      // After the shell has exited, its pipes close once every process holding them has gone. One
+      // that left the process group (setsid) may hold them forever: stop reading after a grace period.
+      this.stopReading = (why: string): void => {
+        if (finished) return;
+        hooks.lines([{ at: Date.now() - started, stream: 'builder', text: why }]);
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+        finish();
+      };
+      const armDrain = (ms: number): void => {
+        this.drainTimer = setTimeout(() => {
+          if (this.splitters.some((splitter) => splitter.paused)) armDrain(ms);
+          else this.stopReading?.('a process outside the job\'s process group kept its output open; stopped reading it');
+        }, ms);
+      };
       child.on('error', (error) => {
         clearTimeout(timeout);
+        finished = true;
         resolve({ kind: 'error', message: `cannot run the job: ${error.message}` });
       });
       child.on('exit', (code, signal) => {
         exit = { code, signal };
         // Whatever the script left running in its process group ends with it; their output that is
-        // already in the pipes is still read before 'close'.
+        // already in the pipes is still read before 'close'. After this, the group is not signalled
+        // again: its id may be reused by an unrelated process.
         this.signalGroup('SIGKILL');
+        this.groupGone = true;
+        // A stopped job (timeout, cancel) gets less time: it already ran over.
+        armDrain(this.killedFor !== null ? 200 : (this.options.drainMs ?? 2000));
       });
       child.on('close', finish);
     });
@@ -118,7 +148,13 @@ export class ProcessSandbox implements Sandbox {
   }
 
   kill(reason: KillReason): void {
-    if (this.child === null || this.child.exitCode !== null || this.child.signalCode !== null) return;
+    if (this.child === null) return;
+    if (this.groupGone) {
+      // The shell has exited but something outside its group holds the output open.
+      this.killedFor ??= reason;
+      this.stopReading?.('the job was stopped; not waiting for its output to close');
+      return;
+    }
     this.killedFor ??= reason;
     if (reason.kind === 'lost') {
       this.signalGroup('SIGKILL');
@@ -131,7 +167,7 @@ export class ProcessSandbox implements Sandbox {
 
   private signalGroup(signal: NodeJS.Signals): void {
     const pid = this.child?.pid;
-    if (pid === undefined) return;
+    if (pid === undefined || this.groupGone) return;
     try {
       process.kill(-pid, signal);
     } catch {

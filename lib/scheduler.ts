@@ -14,7 +14,7 @@ export class Scheduler {
   private armedFor: number | null = null;
 
   constructor(private readonly store: Store, private readonly onQueued: (runs: Enqueued[]) => void,
-    private readonly clock: () => number = Date.now) {}
+    private readonly onError: (error: Error) => void = () => {}, private readonly clock: () => number = Date.now) {}
 
   /** Queues whatever is due now, then sets the timer for the next due time. Call after every change. */
   rearm(): void {
@@ -28,11 +28,20 @@ export class Scheduler {
     this.armedFor = due;
     if (due === null) return;
     const delay = Math.min(Math.max(due - this.clock(), 0), MAX_TIMER_MS);
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      this.armedFor = null;
+    this.timer = setTimeout(() => this.wake(), delay);
+  }
+
+  private wake(): void {
+    this.timer = null;
+    this.armedFor = null;
+    try {
       this.rearm();
-    }, delay);
+    } catch (error) {
+      // The store refused (a full disk, say): say so and try again shortly; nothing due is lost,
+      // since next_due only moves in the same transaction that queues the job.
+      this.onError(error as Error);
+      this.timer = setTimeout(() => this.wake(), 1000);
+    }
   }
 
   /** When the timer will next fire, or null when nothing is scheduled. */

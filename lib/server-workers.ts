@@ -9,13 +9,17 @@ import { artifactParser } from '../protocol/artifacts.js';
 import { type Hello, WorkerMessage, parseWith } from '../protocol/messages.js';
 import type { Artifact, ConsoleLine, JobSource, Outcome, WorkerInfo } from '../protocol/types.js';
 import { describeOutcome, limitMessage } from '../protocol/types.js';
-import type { ConsoleWriter } from './console-log.js';
+import { type ConsoleWriter, normalizeLines } from './console-log.js';
+import { guard } from './log.js';
 import type { ServerContext } from './server.js';
 import type { Enqueued } from './store.js';
 import { TemplateError } from './templates.js';
 
 /** How many heartbeat periods of silence mean a running worker is lost. */
 const MISSED_HEARTBEATS = 3;
+
+/** A job whose runs lose their worker this many times in a row is not queued again automatically. */
+export const MAX_CONSECUTIVE_LOSSES = 5;
 
 /** An artifact upload in progress: the tar stream is parsed and each file stored as it arrives. */
 class Upload {
@@ -106,18 +110,18 @@ export class WorkerSession {
       return;
     }
     this.dispatcher.handle(this, parsed.message).catch((error: Error) => {
-      this.dispatcher.protocolViolation(this, `internal error: ${error.message}`);
+      this.dispatcher.guarded('worker message', () => this.dispatcher.protocolViolation(this, `internal error: ${error.message}`));
     });
   }
 
   closed(reason: string): void {
     this.stopSilenceTimer();
-    this.dispatcher.removeWorker(this, reason);
+    this.dispatcher.guarded('worker disconnect', () => this.dispatcher.removeWorker(this, reason));
   }
 
   startSilenceTimer(heartbeatSeconds: number, onSilent: () => void): void {
     this.stopSilenceTimer();
-    this.silence = setTimeout(onSilent, heartbeatSeconds * MISSED_HEARTBEATS * 1000);
+    this.silence = setTimeout(() => this.dispatcher.guarded('heartbeat timeout', onSilent), heartbeatSeconds * MISSED_HEARTBEATS * 1000);
   }
 
   stopSilenceTimer(): void {
@@ -132,6 +136,11 @@ export class Dispatcher {
   private readonly waiting = new Map<string, WorkerSession[]>();
 
   constructor(private readonly context: ServerContext) {}
+
+  /** Runs an action from a callback or timer; a failure is logged, never thrown. */
+  guarded(during: string, action: () => void): void {
+    guard(this.context.log, during, action);
+  }
 
   addWorker(conn: Connection, hello: Hello): WorkerSession {
     const session = new WorkerSession(this, conn, hello as Hello & { platform: string; hostname: string });
@@ -218,17 +227,32 @@ export class Dispatcher {
         script = source.kind === 'script' ? source.script
           : templates.render(source.template, front.job.platform, source.vars, { job: front.job.name, platform: front.job.platform, uuid: front.uuid });
       } catch (error) {
-        if (!(error instanceof TemplateError)) throw error;
-        store.finishRun(front.uuid, { kind: 'error', message: limitMessage(error.message) }, now);
-        log('finish', { run: front.uuid, job: front.job.name, outcome: `error: ${error.message}` });
+        // Whatever went wrong rendering is the job's problem, never the waiting worker's.
+        const message = error instanceof TemplateError ? error.message : `template ${source.kind === 'template' ? source.template : ''} failed: ${(error as Error).message}`;
+        store.finishRun(front.uuid, { kind: 'error', message: limitMessage(message) }, now);
+        log('finish', { run: front.uuid, job: front.job.name, outcome: `error: ${message}` });
         const run = store.getRun(front.uuid);
         if (run !== null) hub.end(run);
         continue;
       }
+      // The console file is opened before the run is recorded as running: if it cannot be (a full
+      // disk, no file descriptors), the run stays queued and the worker keeps waiting.
+      let console: ConsoleWriter;
+      try {
+        console = this.context.consoles.open(front.uuid);
+      } catch (error) {
+        log('error', { run: front.uuid, problem: `cannot open the console file: ${(error as Error).message}` });
+        return;
+      }
+      try {
+        store.startRun(front.uuid, worker.id, source, script, now);
+      } catch (error) {
+        console.close(false);
+        throw error;
+      }
       waiting.shift();
       worker.waiting = false;
-      store.startRun(front.uuid, worker.id, source, script, now);
-      worker.run = { uuid: front.uuid, job: front.job.name, console: this.context.consoles.open(front.uuid), upload: null, finishing: false };
+      worker.run = { uuid: front.uuid, job: front.job.name, console, upload: null, finishing: false };
       worker.startSilenceTimer(options.heartbeatSeconds, () => this.silent(worker));
       worker.conn.send({
         type: 'job', uuid: front.uuid, name: front.job.name, platform: front.job.platform, script,
@@ -257,8 +281,9 @@ export class Dispatcher {
       case 'output': {
         const run = this.currentRun(worker, message.uuid, 'output');
         if (run === null) return;
-        run.console.append(message.lines);
-        this.context.hub.lines(run.uuid, message.lines);
+        const lines = normalizeLines(message.lines);
+        run.console.append(lines);
+        this.context.hub.lines(run.uuid, lines);
         return;
       }
       case 'upload': {
@@ -275,7 +300,18 @@ export class Dispatcher {
         const run = this.currentRun(worker, message.uuid, 'finished');
         if (run === null) return;
         if (message.outcome.kind === 'worker-lost') return this.protocolViolation(worker, 'a worker cannot report its own run as worker-lost');
-        await this.finish(worker, run, message.outcome);
+        try {
+          await this.finish(worker, run, message.outcome);
+        } catch (error) {
+          // The outcome could not be recorded (disk full?): the run is lost and queued again rather
+          // than left running forever; the worker hears why.
+          run.finishing = false;
+          if (worker.run === null) worker.run = run;
+          const problem = `the server could not record the outcome of run ${run.uuid}: ${(error as Error).message}`;
+          this.context.log('error', { worker: worker.id, problem });
+          this.guarded('losing an unrecorded run', () => this.loseRun(worker, problem));
+          worker.conn.fail(problem);
+        }
         return;
       }
     }
@@ -348,7 +384,7 @@ export class Dispatcher {
     run.console.close(false);
     run.upload?.finish().catch(() => {});
     const { store, hub, log } = this.context;
-    const again = store.loseRun(run.uuid, limitMessage(message), Date.now(), run.console.lines);
+    const again = store.loseRun(run.uuid, limitMessage(message), Date.now(), run.console.lines, MAX_CONSECUTIVE_LOSSES);
     log('lost', { run: run.uuid, job: run.job, worker: worker.id, reason: message, requeued: again?.uuid ?? 'no' });
     const summary = store.getRun(run.uuid);
     if (summary !== null) hub.end(summary);

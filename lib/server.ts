@@ -76,13 +76,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const log = options.log;
   fs.mkdirSync(options.stateDir, { recursive: true });
   const store = new Store(path.join(options.stateDir, 'builder.sqlite'), { strict: options.strict });
-  const consoles = new ConsoleStore(path.join(options.stateDir, 'console'));
-  const artifacts = new ArtifactFiles(path.join(options.stateDir, 'artifacts'));
+  const consoles = new ConsoleStore(path.join(options.stateDir, 'console'), options.strict);
+  const artifacts = new ArtifactFiles(path.join(options.stateDir, 'artifacts'), options.strict);
   const templates = new Templates(options.templatesDir);
   const hub = new ObserverHub(consoles, { maxBacklogBytes: options.observerBacklogBytes });
   const context = { options, store, consoles, artifacts, templates, hub, log } as ServerContext;
   context.dispatcher = new Dispatcher(context);
-  context.scheduler = new Scheduler(store, (runs) => context.dispatcher.queued(runs));
+  context.scheduler = new Scheduler(store, (runs) => context.dispatcher.queued(runs),
+    (error) => log('error', { during: 'scheduling', problem: error.message }));
 
   context.dispatcher.recoverInterrupted();
   context.scheduler.rearm();
@@ -157,8 +158,9 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
       // may shape its hello differently, and deserves the version sentence, not a schema error.
       const claimed = typeof value === 'object' && value !== null && 'type' in value && value.type === 'hello' && 'version' in value ? value.version : undefined;
       if (typeof claimed === 'number' && claimed !== PROTOCOL_VERSION) {
-        const role = 'role' in (value as object) && typeof (value as { role: unknown }).role === 'string' ? String((value as { role: string }).role).slice(0, 16) : 'peer';
-        const software = 'software' in (value as object) ? String((value as { software: unknown }).software).slice(0, 64) : 'unknown software';
+        const fields = value as { role?: unknown; software?: unknown };
+        const role = typeof fields.role === 'string' ? fields.role.slice(0, 16) : 'peer';
+        const software = typeof fields.software === 'string' ? fields.software.slice(0, 64) : 'unknown software';
         log('error', { peer: conn.peer, problem: 'protocol version mismatch', theirs: claimed, ours: PROTOCOL_VERSION });
         conn.fail(`protocol version mismatch: this server (${SOFTWARE}) speaks protocol version ${PROTOCOL_VERSION}, `
           + `the ${role} (${software}) speaks ${claimed}; use matching builder versions`);

@@ -9,6 +9,7 @@
  */
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
+import { limitMessage } from '../protocol/types.js';
 import type {
   Artifact, JobSource, Outcome, Period, QueueEntry, RunDetail, RunState, RunSummary,
 } from '../protocol/types.js';
@@ -127,13 +128,24 @@ export class Store {
 
   constructor(path: string, options: { strict?: boolean } = {}) {
     this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
-    // NORMAL in WAL mode: a committed transaction survives the process being killed (SIGKILL);
-    // only a power loss can take back the last few. `strict` makes every commit wait for fsync.
-    this.db.pragma(`synchronous = ${options.strict === true ? 'FULL' : 'NORMAL'}`);
-    this.db.pragma('foreign_keys = ON');
-    this.db.pragma('busy_timeout = 5000');
     try {
+      // One server per state directory: the first write takes SQLite's exclusive lock and keeps it
+      // for the life of the process (the OS releases it if the process dies). A second server on the
+      // same directory fails here, before it has read or changed anything.
+      this.db.pragma('locking_mode = EXCLUSIVE');
+      try {
+        this.db.pragma('journal_mode = WAL');
+        this.db.exec('BEGIN EXCLUSIVE; COMMIT;');
+      } catch (error) {
+        if ((error as { code?: string }).code === 'SQLITE_BUSY') {
+          throw new StoreError(`the state database ${path} is in use by another builder-server; stop it, or give this one another --state-dir`);
+        }
+        throw error;
+      }
+      // NORMAL in WAL mode: a committed transaction survives the process being killed (SIGKILL);
+      // only a power loss can take back the last few. `strict` makes every commit wait for fsync.
+      this.db.pragma(`synchronous = ${options.strict === true ? 'FULL' : 'NORMAL'}`);
+      this.db.pragma('foreign_keys = ON');
       this.migrate();
     } catch (error) {
       this.db.close();
@@ -321,15 +333,24 @@ export class Store {
 
   /**
    * A running run whose worker was lost: recorded as failed, and the job queued again at the front of
-   * its queue (if it still exists and its platform is not dropped). Returns the new run, if any.
+   * its queue (if it still exists and its platform is not dropped). A job whose last `limit` runs all
+   * lost their worker (it kills workers, or exhausts their memory) is not queued again, so that it
+   * cannot block its platform forever; its schedule or `execute` queue it next. Returns the new run.
    */
-  loseRun(uuid: string, message: string, now: number, consoleLines: number): Enqueued | null {
+  loseRun(uuid: string, message: string, now: number, consoleLines: number, limit = Infinity): Enqueued | null {
     return this.db.transaction(() => {
       const run = this.getRun(uuid);
       if (run === null || run.state !== 'running') return null;
-      this.finishLocked(uuid, { kind: 'worker-lost', message }, now, consoleLines);
+      const previous = Number.isFinite(limit)
+        ? (this.db.prepare(`SELECT outcome FROM runs WHERE job = ? AND state = 'finished' AND uuid != ?
+            ORDER BY finished_at DESC, rowid DESC LIMIT ?`).all(run.job, uuid, limit - 1) as { outcome: string }[])
+        : [];
+      const giveUp = Number.isFinite(limit) && previous.length === limit - 1
+        && previous.every((row) => (JSON.parse(row.outcome) as Outcome).kind === 'worker-lost');
+      const text = giveUp ? `not queued again, its last ${limit} runs all lost their worker (execute it to try again): ${message}` : message;
+      this.finishLocked(uuid, { kind: 'worker-lost', message: limitMessage(text) }, now, consoleLines);
       const job = this.getJob(run.job);
-      if (job === null || this.isDropped(job.platform)) return null;
+      if (giveUp || job === null || this.isDropped(job.platform)) return null;
       return this.enqueueLocked(job.name, job.platform, true, now);
     })();
   }

@@ -28,13 +28,24 @@ export class Templates {
   platformsOf(template: string): string[] {
     if (!NAME_PATTERN.test(template)) return [];
     const dir = path.join(this.dir, template);
-    if (!fs.existsSync(dir)) return [];
-    return fs.readdirSync(dir).filter((name) => name.endsWith(SUFFIX)).map((name) => name.slice(0, -SUFFIX.length)).sort();
+    let names: string[];
+    try {
+      names = fs.readdirSync(dir);
+    } catch {
+      // Not there, not a directory (a README beside the templates), or unreadable: no variants.
+      return [];
+    }
+    return names.filter((name) => name.endsWith(SUFFIX)).map((name) => name.slice(0, -SUFFIX.length)).sort();
   }
 
   list(): string[] {
-    if (!fs.existsSync(this.dir)) return [];
-    return fs.readdirSync(this.dir).filter((name) => this.platformsOf(name).length > 0).sort();
+    let names: string[];
+    try {
+      names = fs.readdirSync(this.dir);
+    } catch {
+      return [];
+    }
+    return names.filter((name) => this.platformsOf(name).length > 0).sort();
   }
 
   /** Renders a template for a platform. Throws TemplateError with a message a user can act on. */

@@ -26,6 +26,8 @@ export class Connection {
     this.decoder = new FrameDecoder(maxFrameBytes);
     this.peer = formatPeer(socket);
     socket.setNoDelay(true);
+    // Dead peers (a worker whose host vanished behind NAT) are eventually noticed even when idle.
+    socket.setKeepAlive(true, 30_000);
     socket.on('data', (data: Buffer) => this.receive(data));
     socket.on('error', (error: NodeJS.ErrnoException) => this.finish(error.code ?? error.message));
     socket.on('close', () => this.finish('connection closed'));
@@ -111,8 +113,17 @@ export class Connection {
     }
     for (const value of values) {
       if (this.closed) return;
-      if (this.handlers) this.handlers.message(value);
-      else this.early.push(value);
+      if (this.handlers === null) {
+        this.early.push(value);
+        continue;
+      }
+      try {
+        this.handlers.message(value);
+      } catch (error) {
+        // A handler bug must cost this one connection, never the whole process.
+        this.fail(`internal error while handling a message: ${(error as Error).message}`);
+        return;
+      }
     }
   }
 

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import {
-  Artifact, ConsoleLine, Info, JobSource, Name, Outcome, Period, RunDetail, RunSummary, Timestamp, Uuid, WorkerInfo,
+  Artifact, ConsoleLine, Info, JobSource, MAX_TIMEOUT_SECONDS, Name, Outcome, Period, RunDetail, RunSummary, Timestamp, Uuid, WorkerInfo,
 } from './types.js';
 
 /** Bumped on every incompatible change to a message. Both sides must speak the same version. */
@@ -56,7 +56,7 @@ export const ScheduleRequest = z.object({
   type: z.literal('schedule'), id: RequestId,
   name: Name, platform: Name, source: JobSource, period: Period,
   replace: z.boolean(),
-  timeoutSeconds: z.number().int().positive().max(30 * 86400).nullable(),
+  timeoutSeconds: z.number().int().positive().max(MAX_TIMEOUT_SECONDS).nullable(),
 });
 export const UnscheduleRequest = z.object({ type: z.literal('unschedule'), id: RequestId, name: Name });
 export const ExecuteRequest = z.object({ type: z.literal('execute'), id: RequestId, name: Name });
@@ -129,7 +129,7 @@ export type WorkerMessage = z.infer<typeof WorkerMessage>;
 
 export const JobAssignment = z.object({
   type: z.literal('job'), uuid: Uuid, name: Name, platform: Name, script: z.string(),
-  timeoutSeconds: z.number().int().positive(),
+  timeoutSeconds: z.number().int().positive().max(MAX_TIMEOUT_SECONDS),
 });
 export const FinishedAck = z.object({ type: z.literal('finished-ack'), uuid: Uuid });
 export const CancelRun = z.object({ type: z.literal('cancel-run'), uuid: Uuid, message: z.string() });

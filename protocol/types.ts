@@ -26,6 +26,9 @@ export const Uuid = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 /** The longest message an outcome carries (error texts, reasons). */
 export const MAX_MESSAGE_CHARS = 4096;
 
+/** The longest job timeout: timers cannot wait longer than 2^31-1 ms (about 24.8 days). */
+export const MAX_TIMEOUT_SECONDS = 24 * 86400;
+
 /** Milliseconds since the Unix epoch. */
 export const Timestamp = z.number().int().nonnegative();
 

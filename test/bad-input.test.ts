@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FrameDecoder, encodeFrame } from '../protocol/frame.js';
 import { PROTOCOL_VERSION } from '../protocol/messages.js';
 import {
-  type ServerHandle, PLATFORM, client, json, killAll, ok, scheduleScript, show, startServer, startWorker, tempDir,
+  type ServerHandle, PLATFORM, client, json, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir,
   waitForState,
 } from './harness.js';
 
@@ -24,6 +24,7 @@ beforeAll(async () => {
   fs.mkdirSync(path.join(templates, 'greet'), { recursive: true });
   fs.writeFileSync(path.join(templates, 'greet', `${PLATFORM}.sh.hbs`), 'echo "hello {{who}} from {{job}}"\n');
   fs.writeFileSync(path.join(templates, 'greet', 'other-platform.sh.hbs'), 'echo other\n');
+  fs.writeFileSync(path.join(templates, 'README.md'), 'a stray file beside the templates\n');
   // A template "file" that cannot be read: a directory where the file should be.
   fs.mkdirSync(path.join(templates, 'broken', `${PLATFORM}.sh.hbs`), { recursive: true });
   server = await startServer(path.join(dir, 'state'), ['--templates', templates]);
@@ -78,6 +79,7 @@ describe('malformed frames and hellos', () => {
       { bytes: encodeFrame({ type: 'info', id: 1 }), error: /^invalid 'info' message: .* \(the first message must be a valid hello\)$/ },
       { bytes: encodeFrame({ type: 'hello', version: PROTOCOL_VERSION, role: 'worker', software: 'x' }), error: /a worker hello must name its platform and hostname/ },
       { bytes: encodeFrame('just a string'), error: /^invalid message: .*hello/ },
+      { bytes: encodeFrame({ type: 'hello', version: 99, role: { toString: 1 }, software: { toString: 1 } }), error: /^protocol version mismatch: .* the peer \(unknown software\) speaks 99; use matching builder versions$/ },
     ];
     const uuid = await scheduleScript(server, dir, 'meanwhile', 'echo still working\n');
     const peers = cases.map(({ bytes }) => {
@@ -222,6 +224,7 @@ describe('client errors: one line on stderr, a non-zero exit, nothing changed', 
     { args: ['schedule', 'x', PLATFORM, '/dev/null', '--cron', 'every tuesday'], code: 1, stderr: /^builder-client: invalid cron expression 'every tuesday': / },
     { args: ['schedule', 'x', PLATFORM, '/dev/null', '--every', '1d', '--cron', '0 3 * * *'], code: 1, stderr: /^builder-client: give at most one of --every, --cron and --period\n$/ },
     { args: ['schedule', 'x', PLATFORM, '/dev/null', '--timeout', 'soon'], code: 1, stderr: /^builder-client: --timeout: invalid duration 'soon'/ },
+    { args: ['schedule', 'x', PLATFORM, '/dev/null', '--timeout', '25d'], code: 1, stderr: /^builder-client: --timeout: 25d is longer than the maximum of 3w3d\n$/ },
     { args: ['reschedule', 'x', 'tomorrow-ish'], code: 1, stderr: /^builder-client: invalid time 'tomorrow-ish': use an ISO 8601 time/ },
     { args: ['schedule-template', 'x', PLATFORM, 'no-such-template'], code: 2, stderr: /^builder-client: unknown template no-such-template; known templates: broken, greet\n$/ },
     { args: ['schedule-template', 'x', PLATFORM, 'broken'], code: 2, stderr: new RegExp(`^builder-client: template broken for ${PLATFORM}: cannot read .*/broken/${PLATFORM}\\.sh\\.hbs: EISDIR\\n$`) },
@@ -239,6 +242,18 @@ describe('client errors: one line on stderr, a non-zero exit, nothing changed', 
       expect(result.stdout).toBe('');
     });
   }
+
+  it('builder-worker and builder-server refuse a bad address with exit 1', async () => {
+    const worker = startWorker({ address: 'bogus' });
+    expect((await worker.exit).code).toBe(1);
+    expect(worker.stderr).toBe("builder-worker: --remote: invalid address 'bogus': expected HOST:PORT, for example 127.0.0.1:1234\n");
+    const cli = await client(null, ['info'], { BUILDER_REMOTE: 'no-port-here' });
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toBe("builder-client: invalid address 'no-port-here': expected HOST:PORT, for example 127.0.0.1:1234\n");
+    const srv = startProcess('builder-server.js', ['--listen', 'bogus', '--state-dir', path.join(dir, 'unused')]);
+    expect((await srv.exit).code).toBe(1);
+    expect(srv.stderr).toBe("builder-server: --listen: invalid address 'bogus': expected HOST:PORT, for example 127.0.0.1:1234\n");
+  });
 
   it('says which address it could not reach and how to set it', async () => {
     const result = await client(null, ['info'], { BUILDER_REMOTE: '127.0.0.1:1' });

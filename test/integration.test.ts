@@ -161,6 +161,25 @@ describe('schedule → run → observe → fetch', () => {
     expect(fs.readdirSync(tmp)).toEqual([]);
   });
 
+  it('keeps carriage returns inside lines, live and replayed alike', async () => {
+    const uuid = await scheduleScript(server, dir, 'progress', "printf 'dl 10\\rdl 100\\n'\nprintf 'x\\r1 b injected note\\n'\n");
+    const live = client(server, ['observe', uuid, '--raw']);
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    const replayed = await client(server, ['observe', uuid, '--raw']);
+    expect((await live).stdout).toBe('dl 10\rdl 100\nx\r1 b injected note\n');
+    expect(replayed.stdout).toBe('dl 10\rdl 100\nx\r1 b injected note\n');
+    expect(replayed.stderr).not.toContain('injected');
+  });
+
+  it('does not wait for a process that left the process group and holds the output open', async () => {
+    const uuid = await scheduleScript(server, dir, 'daemon', "setsid sh -c 'sleep 20' &\nsleep 0.5\necho started a daemon\n");
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    const run = await show(server, uuid);
+    expect(run.outcome).toEqual({ kind: 'exited', code: 0 });
+    const observed = await client(server, ['observe', uuid]);
+    expect(observed.stdout).toMatch(/\| started a daemon\n.*# a process outside the job's process group kept its output open; stopped reading it\n/s);
+  });
+
   it('observe-latest waits for the next run of a job', async () => {
     const observer = client(server, ['observe-latest', '--job', 'latest-job', '--raw']);
     await new Promise((resolve) => setTimeout(resolve, 500));

@@ -6,7 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  type RunJson, PLATFORM, json, killAll, ok, scheduleScript, show, startServer, startWorker, tempDir, waitFor, waitForState,
+  type RunJson, PLATFORM, json, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir, waitFor,
+  waitForState,
 } from './harness.js';
 
 const dirs: string[] = [];
@@ -66,6 +67,46 @@ describe('lost workers', () => {
     expect(runs[0]?.state).toBe('queued');
     expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
     expect((await show(server, runs[0]?.uuid ?? '')).status).toBe('success');
+  });
+});
+
+describe('one server per state directory', () => {
+  it('a second server on the same state directory refuses to start and changes nothing', async () => {
+    const dir = scratch();
+    const state = path.join(dir, 'state');
+    const server = await startServer(state);
+    const uuid = await scheduleScript(server, dir, 'busy', 'sleep 2\necho done\n');
+    const worker = startWorker(server, [], PLATFORM, dir);
+    await waitForState(server, uuid, 'running');
+    const second = startProcess('builder-server.js', ['--listen', '127.0.0.1:0', '--state-dir', state]);
+    expect((await second.exit).code).toBe(2);
+    expect(second.stderr).toBe(`builder-server: the state database ${path.join(state, 'builder.sqlite')} is in use by another builder-server; stop it, or give this one another --state-dir\n`);
+    expect((await worker.exit).code).toBe(0);
+    const run = await show(server, uuid);
+    expect(run.outcome).toEqual({ kind: 'exited', code: 0 });
+    expect(await json<RunJson[]>(server, ['results', 'busy'])).toHaveLength(1);
+  });
+});
+
+describe('a job that keeps killing its worker', () => {
+  it('is not queued again after five lost runs in a row', async () => {
+    const dir = scratch();
+    const server = await startServer(path.join(dir, 'state'));
+    await scheduleScript(server, dir, 'killer', 'kill -KILL $PPID\nsleep 5\n');
+    for (let i = 1; i <= 5; i++) {
+      const worker = startWorker(server, [], PLATFORM, dir);
+      expect((await worker.exit).signal).toBe('SIGKILL');
+      await waitFor(`lost run ${i} to be recorded`, async () => {
+        const runs = await json<RunJson[]>(server, ['results', 'killer']);
+        return runs.filter((run) => run.outcome?.kind === 'worker-lost').length === i ? runs : null;
+      });
+    }
+    const runs = await json<RunJson[]>(server, ['results', 'killer']);
+    expect(runs).toHaveLength(5);
+    expect(runs[0]?.outcome?.message).toMatch(/^not queued again, its last 5 runs all lost their worker \(execute it to try again\): worker \S+ disconnected/);
+    expect(runs.slice(1).every((run) => !run.outcome?.message?.startsWith('not queued again'))).toBe(true);
+    const info = await json<{ queues: Record<string, unknown[]> }>(server, ['info']);
+    expect(info.queues[PLATFORM]).toBeUndefined();
   });
 });
 
