@@ -277,6 +277,7 @@ export class Dispatcher {
         return;
       }
       case 'heartbeat':
+        worker.conn.send({ type: 'heartbeat-ack', uuid: message.uuid });
         return;
       case 'output': {
         const run = this.currentRun(worker, message.uuid, 'output');

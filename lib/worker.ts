@@ -67,7 +67,7 @@ export async function runWorker(options: WorkerOptions): Promise<number> {
     session.conn.send({ type: 'request-job' });
     let job: JobAssignment;
     try {
-      job = await nextJob(session.inbox);
+      job = await nextJob(session, say);
     } catch (error) {
       if (error instanceof ConnectionClosed) {
         if (error.fatal !== null) {
@@ -122,12 +122,33 @@ async function connect(options: WorkerOptions, say: (line: string) => void): Pro
   }
 }
 
-async function nextJob(inbox: Inbox<ServerToWorker>): Promise<JobAssignment> {
-  for (;;) {
-    const message = await inbox.next();
-    if (message.type === 'job') return message;
-    // Anything else while idle (a late ack, a cancel for a run we no longer have) needs no answer.
+/**
+ * Waits for a job, sending heartbeats meanwhile. A server that answers none of three (a dead host,
+ * a broken NAT mapping) is given up on: the connection is closed and the worker dials again.
+ */
+async function nextJob(session: Session, say: (line: string) => void): Promise<JobAssignment> {
+  const { conn, inbox, welcome } = session;
+  const beat = setInterval(() => {
+    if (serverSilent(inbox, welcome)) {
+      say(`no answer from the server for ${3 * welcome.heartbeatSeconds}s while idle`);
+      conn.close();
+      return;
+    }
+    conn.send({ type: 'heartbeat', uuid: null });
+  }, welcome.heartbeatSeconds * 1000);
+  try {
+    for (;;) {
+      const message = await inbox.next();
+      if (message.type === 'job') return message;
+      // Anything else while idle (heartbeat acks, a late cancel) needs no answer.
+    }
+  } finally {
+    clearInterval(beat);
   }
+}
+
+function serverSilent(inbox: Inbox<ServerToWorker>, welcome: Welcome): boolean {
+  return Date.now() - inbox.lastHeard > 3 * welcome.heartbeatSeconds * 1000;
 }
 
 /** Runs one job start to finish. Returns WORKER_EXIT.ok, or lostServer if the connection went away. */
@@ -159,7 +180,18 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
     lost = true;
     sandbox.kill({ kind: 'lost' });
   };
-  const heartbeat = setInterval(() => conn.send({ type: 'heartbeat', uuid: job.uuid }), welcome.heartbeatSeconds * 1000);
+  // While the job runs, a server that answers no heartbeat for three periods is treated as gone: the
+  // job is stopped, as the server will have recorded it lost and queued it again by then — so a
+  // network partition cannot leave the same job running twice for long.
+  let watchServer = true;
+  const heartbeat = setInterval(() => {
+    if (watchServer && serverSilent(inbox, welcome)) {
+      say(`no answer from the server for ${3 * welcome.heartbeatSeconds}s; stopping ${job.name}`);
+      conn.close();
+      return;
+    }
+    conn.send({ type: 'heartbeat', uuid: job.uuid });
+  }, welcome.heartbeatSeconds * 1000);
 
   // Console lines are batched for a few milliseconds; when the socket backs up, the job's output
   // is paused, so a slow server slows the job down instead of filling the worker's memory.
@@ -192,6 +224,8 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   try {
     await sandbox.prepare({ uuid: job.uuid, name: job.name, platform: job.platform, script: job.script, timeoutSeconds: job.timeoutSeconds });
     outcome = await sandbox.run({ lines: emit });
+    // Uploading may stall on a busy server disk (it stops reading from us): not a silence that counts.
+    watchServer = false;
     flush();
   } catch (error) {
     outcome = { kind: 'error', message: (error as Error).message };

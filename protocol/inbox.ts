@@ -21,12 +21,15 @@ export class Inbox<T extends { type: string }> {
   private fatal: string | null = null;
   /** Sees every message first; returns true if it handled it (then `next()` never sees it). */
   listener: ((message: T) => boolean) | null = null;
+  /** When the last message arrived (ms since the epoch): how long the peer has been silent. */
+  lastHeard = Date.now();
   /** Called once when the connection ends. */
   onClose: ((closed: ConnectionClosed) => void) | null = null;
 
   constructor(readonly conn: Connection, schema: z.ZodType<T>) {
     conn.start({
       message: (value) => {
+        this.lastHeard = Date.now();
         const parsed = parseWith(schema, value);
         if (!parsed.ok) {
           conn.fail(parsed.error);

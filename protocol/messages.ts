@@ -40,7 +40,7 @@ export const Welcome = z.object({
   type: z.literal('welcome'),
   version: z.number().int(),
   software: z.string(),
-  /** Workers send a heartbeat at least this often while they run a job. */
+  /** Workers send a heartbeat this often (idle or running); the server answers each one. */
   heartbeatSeconds: z.number().positive(),
   maxFrameBytes: z.number().int().positive(),
 });
@@ -133,8 +133,10 @@ export const JobAssignment = z.object({
 });
 export const FinishedAck = z.object({ type: z.literal('finished-ack'), uuid: Uuid });
 export const CancelRun = z.object({ type: z.literal('cancel-run'), uuid: Uuid, message: z.string() });
+/** The answer to every heartbeat: lets a worker notice a server that went silent (a partition). */
+export const HeartbeatAck = z.object({ type: z.literal('heartbeat-ack'), uuid: Uuid.nullable() });
 
-export const ServerToWorker = z.discriminatedUnion('type', [JobAssignment, FinishedAck, CancelRun, Welcome, Fatal]);
+export const ServerToWorker = z.discriminatedUnion('type', [JobAssignment, FinishedAck, CancelRun, HeartbeatAck, Welcome, Fatal]);
 export type ServerToWorker = z.infer<typeof ServerToWorker>;
 
 export type JobAssignment = z.infer<typeof JobAssignment>;

@@ -70,6 +70,27 @@ describe('lost workers', () => {
   });
 });
 
+describe('a server that stops answering (a partition)', () => {
+  it('makes the worker stop its job after three unanswered heartbeats; the job runs again later', async () => {
+    const dir = scratch();
+    const server = await startServer(path.join(dir, 'state'));
+    const first = await scheduleScript(server, dir, 'partitioned', hangOnce(dir, 'partitioned'));
+    const worker = startWorker(server, [], PLATFORM, dir);
+    await waitForState(server, first, 'running');
+    await waitFor('the job to start', () => fs.existsSync(path.join(dir, 'partitioned.ran-once')));
+    server.proc.kill('SIGSTOP');
+    const exited = await worker.exit;
+    server.proc.kill('SIGCONT');
+    expect(exited.code).toBe(3);
+    expect(worker.stderr).toContain('no answer from the server for 3s; stopping partitioned');
+    const lost = await waitForState(server, first, 'finished');
+    expect(lost.outcome?.kind).toBe('worker-lost');
+    const runs = await json<RunJson[]>(server, ['results', 'partitioned']);
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    expect((await show(server, runs[0]?.uuid ?? '')).status).toBe('success');
+  });
+});
+
 describe('one server per state directory', () => {
   it('a second server on the same state directory refuses to start and changes nothing', async () => {
     const dir = scratch();
