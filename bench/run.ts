@@ -67,14 +67,20 @@ async function e2e(count: number): Promise<Result> {
   try {
     const address = await until(() => /listening address=(\S+)/.exec(server.stderr())?.[1] ?? null, 'the server');
     const client = await Client.open(address);
+    let last = '';
     for (let i = 0; i < count; i++) {
-      await client.call({
+      const reply = await client.call({
         type: 'schedule', name: `e2e-${i}`, platform: 'bench', source: { kind: 'script', script: 'true\n' },
         period: { kind: 'never' }, replace: false, timeoutSeconds: null,
       }, 'queued');
+      last = reply.uuid ?? '';
     }
     const started = performance.now();
     const workers = [0, 1].map(() => startNode('builder-worker.js', ['bench', '--remote', address, '--loop', '--tmp-dir', state]));
+    // Wait for the last run queued to end (observing costs the server nothing while waiting), then
+    // make sure nothing else is left; polling info all along would load the machine being measured.
+    const observing = client.send({ type: 'observe', uuid: last });
+    while ((await client.receive(observing)).type !== 'run-end');
     await until(async () => {
       const { info } = await client.call({ type: 'info' }, 'info-result');
       return (info.queues.bench?.length ?? 0) === 0 && info.running.length === 0 ? true : null;

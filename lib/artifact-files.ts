@@ -13,8 +13,12 @@ export class ArtifactFiles {
   private readonly tmpDir: string;
   private counter = 0;
 
-  /** `syncDirs`: fsync a directory after a file is renamed into it (--strict: survive power loss). */
-  constructor(readonly dir: string, private readonly syncDirs = false) {
+  /**
+   * `durable` (--strict): fsync each file and its directory before the run is committed, so that
+   * artifacts survive a power loss. Without it they survive the server being killed (the page cache
+   * outlives the process), the same promise SQLite's synchronous=NORMAL gives the database.
+   */
+  constructor(readonly dir: string, private readonly durable = false) {
     this.tmpDir = path.join(dir, 'tmp');
     fs.mkdirSync(this.tmpDir, { recursive: true });
     // Left over from a crash in the middle of an upload: never referenced by the database.
@@ -43,7 +47,7 @@ export class ArtifactFiles {
         await handle.write(chunk);
       }
       if (size !== expectedSize) throw new Error(`artifact ${relativePath} ended after ${size} of ${expectedSize} bytes`);
-      await handle.datasync();
+      if (this.durable) await handle.datasync();
     } catch (error) {
       await handle.close();
       await fs.promises.rm(tmp, { force: true });
@@ -57,7 +61,7 @@ export class ArtifactFiles {
     } else {
       await fs.promises.mkdir(path.dirname(final), { recursive: true });
       await fs.promises.rename(tmp, final);
-      if (this.syncDirs) await syncDirectory(path.dirname(final));
+      if (this.durable) await syncDirectory(path.dirname(final));
     }
     return { path: relativePath, size, sha256 };
   }

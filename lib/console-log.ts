@@ -56,7 +56,10 @@ export class ConsoleWriter {
     this.lines += lines.length;
   }
 
-  /** Flushes to disk and closes: called before the run's outcome is committed. */
+  /**
+   * Closes the file; with `sync` (--strict) flushes it, and its directory entry, to disk first.
+   * Called before the run's outcome is committed.
+   */
   close(sync: boolean): void {
     if (this.fd < 0) return;
     if (sync) fs.fdatasyncSync(this.fd);

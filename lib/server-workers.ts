@@ -344,7 +344,7 @@ export class Dispatcher {
         artifacts = run.upload.artifacts;
       }
     }
-    run.console.close(true);
+    run.console.close(this.context.options.strict);
     store.finishRun(run.uuid, outcome, Date.now(), artifacts, run.console.lines);
     worker.run = null;
     worker.stopSilenceTimer();
