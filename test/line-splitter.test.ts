@@ -1,0 +1,64 @@
+/** The worker's line splitter: newlines, partial lines, long lines, UTF-8 cut between chunks. */
+import { describe, expect, it } from 'vitest';
+import { LineSplitter, MAX_LINE_CHARS } from '../lib/line-splitter.js';
+import type { ConsoleLine } from '../protocol/types.js';
+
+function collector(partialMs = 50): { splitter: LineSplitter; texts: () => string[]; lines: ConsoleLine[] } {
+  const lines: ConsoleLine[] = [];
+  const splitter = new LineSplitter('out', Date.now(), (batch) => lines.push(...batch), partialMs);
+  return { splitter, lines, texts: () => lines.map((line) => line.text) };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('LineSplitter', () => {
+  it('emits one line per newline, whatever the chunking, and strips a CR before the newline', () => {
+    const { splitter, texts, lines } = collector();
+    for (const piece of ['one\ntw', 'o\r\n', '', 'thr', 'ee\n\nfour']) splitter.push(Buffer.from(piece));
+    expect(texts()).toEqual(['one', 'two', 'three', '']);
+    splitter.end();
+    expect(texts()).toEqual(['one', 'two', 'three', '', 'four']);
+    expect(lines.every((line) => line.stream === 'out' && line.at >= 0)).toBe(true);
+  });
+
+  it('keeps a bare carriage return inside a line', () => {
+    const { splitter, texts } = collector();
+    splitter.push(Buffer.from('10%\r50%\r100%\n'));
+    expect(texts()).toEqual(['10%\r50%\r100%']);
+  });
+
+  it('reassembles a UTF-8 character cut between two chunks', () => {
+    const { splitter, texts } = collector();
+    const bytes = Buffer.from('grüße → 日本\n');
+    for (let i = 0; i < bytes.length; i++) splitter.push(bytes.subarray(i, i + 1));
+    expect(texts()).toEqual(['grüße → 日本']);
+  });
+
+  it('splits a line longer than the maximum', () => {
+    const { splitter, texts } = collector();
+    splitter.push(Buffer.from(`${'x'.repeat(MAX_LINE_CHARS * 2 + 5)}\n`));
+    expect(texts().map((text) => text.length)).toEqual([MAX_LINE_CHARS, MAX_LINE_CHARS, 5]);
+  });
+
+  it('sends a partial line once the stream has been quiet, and the rest as its own line', async () => {
+    const { splitter, texts } = collector(50);
+    splitter.push(Buffer.from('working...'));
+    expect(texts()).toEqual([]);
+    for (let i = 0; i < 250 && texts().length === 0; i++) await sleep(20);
+    expect(texts()).toEqual(['working...']);
+    splitter.push(Buffer.from(' done\n'));
+    expect(texts()).toEqual(['working...', ' done']);
+  });
+
+  it('never sends a partial line while paused (backpressure), however long', async () => {
+    const { splitter, texts } = collector(30);
+    splitter.push(Buffer.from('half a li'));
+    splitter.paused = true;
+    await sleep(200);
+    expect(texts()).toEqual([]);
+    splitter.paused = false;
+    splitter.touch();
+    splitter.push(Buffer.from('ne\n'));
+    expect(texts()).toEqual(['half a line']);
+  });
+});
