@@ -16,6 +16,24 @@ import type { JobSpec, KillReason, RunHooks, Sandbox } from './sandbox.js';
 
 export const SCRIPT_NAME = '.builder-script.sh';
 
+/** Seconds a shell must stay stopped (checked once a second) before the run ends as `stopped`. */
+const STOPPED_CHECKS = 3;
+
+/**
+ * Whether a process is stopped (state T). Linux tells in /proc; elsewhere (FreeBSD) ps(1) does. The
+ * signal that stopped it cannot be learnt this way: it is reported as SIGSTOP.
+ */
+function isStopped(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.charAt(stat.lastIndexOf(')') + 2) === 'T';
+  } catch {
+    if (os.platform() === 'linux') return false;
+    const ps = spawnSync('ps', ['-o', 'state=', '-p', String(pid)], { encoding: 'utf8' });
+    return ps.status === 0 && ps.stdout.trim().startsWith('T');
+  }
+}
+
 /** Variables passed through from the worker's environment; everything else is left out. */
 const PASSED_ENV = ['PATH', 'HOME', 'USER', 'LOGNAME', 'LANG', 'LC_ALL', 'TZ', 'TERM'];
 
@@ -41,6 +59,8 @@ export class ProcessSandbox implements Sandbox {
   /** The shell exited and its group was killed: never signal that process group id again. */
   private groupGone = false;
   private stopReading: ((why: string) => void) | null = null;
+  /** Set when the shell stayed stopped: the run is reported as `stopped`. */
+  private stoppedBy: number | null = null;
 
   constructor(private readonly options: ProcessSandboxOptions = {}) {}
 
@@ -80,6 +100,17 @@ export class ProcessSandbox implements Sandbox {
       }
       this.child = child;
       const timeout = setTimeout(() => this.kill({ kind: 'timeout' }), job.timeoutSeconds * 1000);
+      // Node never reports a stopped child (waitpid without WUNTRACED), so look: a shell that stays
+      // stopped (kill -STOP $$) would otherwise hang until its timeout. Reported as `stopped`.
+      let stoppedChecks = 0;
+      const stopWatch = setInterval(() => {
+        if (child.pid === undefined || this.groupGone || this.killedFor !== null) return;
+        stoppedChecks = isStopped(child.pid) ? stoppedChecks + 1 : 0;
+        if (stoppedChecks < STOPPED_CHECKS) return;
+        hooks.lines([{ at: Date.now() - started, stream: 'builder', text: `the job's shell has been stopped for ${STOPPED_CHECKS}s; ending it` }]);
+        this.stoppedBy = os.constants.signals.SIGSTOP;
+        this.signalGroup('SIGKILL');
+      }, 1000);
       const partialMs = this.options.partialLineMs ?? 100;
       const out = new LineSplitter('out', started, hooks.lines, partialMs);
       const err = new LineSplitter('err', started, hooks.lines, partialMs);
@@ -98,6 +129,7 @@ export class ProcessSandbox implements Sandbox {
         if (finished) return;
         finished = true;
         clearTimeout(timeout);
+        clearInterval(stopWatch);
         if (this.killTimer !== null) clearTimeout(this.killTimer);
         if (this.drainTimer !== null) clearTimeout(this.drainTimer);
         out.end();
@@ -121,6 +153,7 @@ export class ProcessSandbox implements Sandbox {
       };
       child.on('error', (error) => {
         clearTimeout(timeout);
+        clearInterval(stopWatch);
         finished = true;
         resolve({ kind: 'error', message: `cannot run the job: ${error.message}` });
       });
@@ -141,6 +174,7 @@ export class ProcessSandbox implements Sandbox {
   private outcome(exit: { code: number | null; signal: NodeJS.Signals | null } | null, job: JobSpec): Outcome {
     if (this.killedFor?.kind === 'timeout') return { kind: 'timeout', seconds: job.timeoutSeconds };
     if (this.killedFor?.kind === 'cancel') return { kind: 'cancelled', message: this.killedFor.message };
+    if (this.stoppedBy !== null) return { kind: 'stopped', signal: this.stoppedBy };
     if (exit === null) return { kind: 'error', message: 'the job ended without an exit status' };
     if (exit.code !== null) return { kind: 'exited', code: exit.code };
     const signal = exit.signal === null ? 0 : (os.constants.signals[exit.signal] ?? 0);

@@ -84,6 +84,17 @@ describe('schedule → run → observe → fetch', () => {
     expect(observed.stdout).toContain(`run ${uuid} of signalled: signalled 9`);
   });
 
+  it('records a job whose shell stays stopped as stopped', async () => {
+    const uuid = await scheduleScript(server, dir, 'stops', 'echo before\nkill -STOP $$\necho after\n');
+    expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+    const run = await show(server, uuid);
+    expect(run.outcome).toEqual({ kind: 'stopped', signal: 19 });
+    const observed = await client(server, ['observe', uuid]);
+    expect(observed.code).toBe(3);
+    expect(observed.stdout).toMatch(/\| before\n.*# the job's shell has been stopped for 3s; ending it\n.*: stopped 19, took/s);
+    expect(observed.stdout).not.toContain('after');
+  });
+
   it('records a non-zero exit and stops at the first failing command (sh -e)', async () => {
     const uuid = await scheduleScript(server, dir, 'fails', 'echo one\nfalse\necho two\n');
     expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
