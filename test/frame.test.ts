@@ -1,17 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, decodeBody, encodeFrame } from '../protocol/frame.js';
+import { prng, thrown } from './unit-helpers.js';
 
-/** A small deterministic PRNG (mulberry32) so that "random" split points are reproducible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function header(length: number): Buffer {
   const out = Buffer.alloc(4);
@@ -24,14 +14,6 @@ function rawFrame(body: Buffer): Buffer {
   return Buffer.concat([header(body.length), body]);
 }
 
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected the call to throw');
-}
 
 const VALUES: unknown[] = [
   null,

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { prng } from './unit-helpers.js';
 import {
   CHUNK_BYTES, ClientMessage, Hello, PROTOCOL_VERSION, ServerToClient, ServerToWorker, WorkerMessage, formatIssues, parseWith,
 } from '../protocol/messages.js';
@@ -563,17 +564,6 @@ describe('specific refusals', () => {
 });
 
 describe('parseWith never throws', () => {
-  /** mulberry32: reproducible pseudo-random numbers. */
-  function prng(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-      a = (a + 0x6d2b79f5) >>> 0;
-      let t = a;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-  }
 
   const knownTypes = [...new Set(cases.map((c) => c.valid.type as string)), 'hello', 'bogus'];
   const fieldNames = ['type', 'id', 'name', 'platform', 'uuid', 'source', 'period', 'kind', 'seconds', 'lines', 'outcome', 'chunk', 'run', 'info', 'vars', 'labels', 'role', 'version', '__proto__', 'constructor'];

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { thrown } from './unit-helpers.js';
 import { type JobRecord, Store, StoreError } from '../lib/store.js';
 import type { Artifact, JobSource, Period } from '../protocol/types.js';
 
@@ -50,14 +51,6 @@ function order(store: Store, platform = 'debian-12'): string[] {
   return (store.queues()[platform] ?? []).map((entry) => entry.job);
 }
 
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected the call to throw');
-}
 
 beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'builder-store-test-'));
