@@ -3,6 +3,7 @@
  * SIGKILL while runs are queued and running. Each scenario has its own server and state directory.
  */
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -90,6 +91,34 @@ describe('a server that stops answering (a partition)', () => {
     expect((await show(server, runs[0]?.uuid ?? '')).status).toBe('success');
   });
 });
+
+describe('a worker started before its server', () => {
+  it('keeps retrying with backoff, says why, and runs the job once the server is up', async () => {
+    const dir = scratch();
+    const port = await freePort();
+    const address = `127.0.0.1:${port}`;
+    const worker = startWorker({ address }, [], PLATFORM, dir);
+    await waitFor('the worker to report that it cannot connect', () => worker.stderr.includes('retrying in 1.0s'));
+    expect(worker.stderr).toContain(`builder-worker: cannot reach the server at ${address} (ECONNREFUSED); retrying in 0.5s (--remote or BUILDER_REMOTE sets the address)\n`);
+    const server = await startServer(path.join(dir, 'state'), [], address);
+    const uuid = await scheduleScript(server, dir, 'late-server', 'echo finally\n');
+    expect((await worker.exit).code).toBe(0);
+    expect((await show(server, uuid)).status).toBe('success');
+    // One line per event on the server's stderr.
+    for (const event of ['connect', 'hello', 'schedule', 'queue', 'dispatch', 'finish', 'disconnect']) {
+      expect(server.proc.stderr).toMatch(new RegExp(`^\\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z ${event} `, 'm'));
+    }
+    expect(server.proc.stderr).toMatch(new RegExp(`Z finish run=${uuid} job=late-server worker=\\S+ outcome="exited 0" artifacts=0 lines=1$`, 'm'));
+  });
+});
+
+async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', () => resolve()));
+  const { port } = srv.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
 
 describe('one server per state directory', () => {
   it('a second server on the same state directory refuses to start and changes nothing', async () => {
