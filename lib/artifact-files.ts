@@ -61,18 +61,18 @@ export class ArtifactFiles {
     } else {
       await fs.promises.mkdir(path.dirname(final), { recursive: true });
       await fs.promises.rename(tmp, final);
-      if (this.durable) await syncDirectory(path.dirname(final));
+      if (this.durable) syncDirectory(path.dirname(final));
     }
     return { path: relativePath, size, sha256 };
   }
 }
 
-/** Makes a directory's entries (a rename, a new file) durable. */
-export async function syncDirectory(dir: string): Promise<void> {
-  const handle = await fs.promises.open(dir, 'r');
+/** Makes a directory's entries (a rename, a new file) durable. Used only with --strict. */
+export function syncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
   try {
-    await handle.sync();
+    fs.fsyncSync(fd);
   } finally {
-    await handle.close();
+    fs.closeSync(fd);
   }
 }

@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ConsoleLine } from '../protocol/types.js';
+import { syncDirectory } from './artifact-files.js';
 
 const STREAM_CODE = { out: 'o', err: 'e', builder: 'b' } as const;
 const CODE_STREAM: Record<string, ConsoleLine['stream']> = { o: 'out', e: 'err', b: 'builder' };
@@ -65,15 +66,8 @@ export class ConsoleWriter {
     if (sync) fs.fdatasyncSync(this.fd);
     fs.closeSync(this.fd);
     this.fd = -1;
-    if (sync && this.syncDir) {
-      // The file was created at dispatch: its directory entry must be durable too (--strict).
-      const dir = fs.openSync(path.dirname(this.file), 'r');
-      try {
-        fs.fsyncSync(dir);
-      } finally {
-        fs.closeSync(dir);
-      }
-    }
+    // The file was created at dispatch: its directory entry must be durable too (--strict).
+    if (sync && this.syncDir) syncDirectory(path.dirname(this.file));
   }
 }
 

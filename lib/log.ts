@@ -24,8 +24,6 @@ export const stderrLogger: Logger = (event, fields) => {
   process.stderr.write(`${formatLogLine(event, fields)}\n`);
 };
 
-export const silentLogger: Logger = () => {};
-
 /**
  * Runs `action` from an event handler or timer, where an exception would end the process: a failure
  * (a full disk under SQLite, say) is logged as one line instead, and the server keeps serving.

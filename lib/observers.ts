@@ -129,12 +129,6 @@ export class ObserverHub {
     this.latestWaiters = this.latestWaiters.filter((w) => w.conn !== conn);
   }
 
-  get count(): number {
-    let n = 0;
-    for (const set of this.byRun.values()) n += set.size;
-    return n;
-  }
-
   private deliver(observer: Observer, message: ServerToClient, final: boolean): void {
     if (observer.done) return;
     if (!final && observer.conn.backlog > this.limits.maxBacklogBytes) {

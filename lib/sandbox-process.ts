@@ -249,7 +249,7 @@ async function* walk(root: string, relative: string, notes: (text: string) => vo
   try {
     entries = await fs.promises.readdir(dir, { withFileTypes: true });
   } catch (error) {
-    const where = relative === '' ? 'the working directory' : relative.length > 200 ? `${relative.slice(0, 200)}…` : relative;
+    const where = relative === '' ? 'the working directory' : shorten(relative);
     notes(`cannot list ${where}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
     return;
   }
@@ -262,7 +262,7 @@ async function* walk(root: string, relative: string, notes: (text: string) => vo
     try {
       stat = await fs.promises.lstat(full);
     } catch (error) {
-      notes(`not an artifact: ${rel.length > 200 ? `${rel.slice(0, 200)}…` : rel}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+      notes(`not an artifact: ${shorten(rel)}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
       continue;
     }
     if (stat.isDirectory()) {
@@ -281,6 +281,11 @@ async function* walk(root: string, relative: string, notes: (text: string) => vo
       notes(`not an artifact: ${rel} is not a regular file`);
     }
   }
+}
+
+/** A path as console notes show it: a very deep one is cut after 200 characters. */
+function shorten(relative: string): string {
+  return relative.length > 200 ? `${relative.slice(0, 200)}…` : relative;
 }
 
 async function makeWritable(dir: string): Promise<void> {

@@ -253,7 +253,7 @@ export class Dispatcher {
       waiting.shift();
       worker.waiting = false;
       worker.run = { uuid: front.uuid, job: front.job.name, console, upload: null, finishing: false };
-      worker.startSilenceTimer(options.heartbeatSeconds, () => this.silent(worker));
+      this.watchSilence(worker);
       worker.conn.send({
         type: 'job', uuid: front.uuid, name: front.job.name, platform: front.job.platform, script,
         timeoutSeconds: front.job.timeoutSeconds ?? options.jobTimeoutSeconds,
@@ -292,7 +292,7 @@ export class Dispatcher {
         if (run === null) return;
         run.upload ??= new Upload(this.context, worker.conn, (paused) => {
           if (paused) worker.stopSilenceTimer();
-          else if (worker.run === run && !run.finishing) worker.startSilenceTimer(this.context.options.heartbeatSeconds, () => this.silent(worker));
+          else if (worker.run === run && !run.finishing) this.watchSilence(worker);
         });
         run.upload.write(message.chunk);
         return;
@@ -352,6 +352,11 @@ export class Dispatcher {
     log('finish', { run: run.uuid, job: run.job, worker: worker.id, outcome: describeOutcome(outcome), artifacts: artifacts.length, lines: run.console.lines });
     const summary = store.getRun(run.uuid);
     if (summary !== null) hub.end(summary);
+  }
+
+  /** Starts (or restarts in full) the timer after which a silent running worker is lost. */
+  private watchSilence(worker: WorkerSession): void {
+    worker.startSilenceTimer(this.context.options.heartbeatSeconds, () => this.silent(worker));
   }
 
   /** A running worker went silent: it is lost; the connection is closed. */

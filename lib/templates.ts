@@ -21,31 +21,26 @@ export interface RenderContext {
 
 export class TemplateError extends Error {}
 
+/** The names in a directory; none if it is missing, not a directory (a README beside the templates) or unreadable. */
+function entries(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
 export class Templates {
   constructor(readonly dir: string) {}
 
   /** Platforms that have a variant of `template` (empty if the template does not exist). */
   platformsOf(template: string): string[] {
     if (!NAME_PATTERN.test(template)) return [];
-    const dir = path.join(this.dir, template);
-    let names: string[];
-    try {
-      names = fs.readdirSync(dir);
-    } catch {
-      // Not there, not a directory (a README beside the templates), or unreadable: no variants.
-      return [];
-    }
-    return names.filter((name) => name.endsWith(SUFFIX)).map((name) => name.slice(0, -SUFFIX.length)).sort();
+    return entries(path.join(this.dir, template)).filter((name) => name.endsWith(SUFFIX)).map((name) => name.slice(0, -SUFFIX.length)).sort();
   }
 
   list(): string[] {
-    let names: string[];
-    try {
-      names = fs.readdirSync(this.dir);
-    } catch {
-      return [];
-    }
-    return names.filter((name) => this.platformsOf(name).length > 0).sort();
+    return entries(this.dir).filter((name) => this.platformsOf(name).length > 0).sort();
   }
 
   /** Renders a template for a platform. Throws TemplateError with a message a user can act on. */
