@@ -7,7 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  type RunJson, PLATFORM, json, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir, waitFor,
+  type Proc, type RunJson, type ServerHandle, PLATFORM, json, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir, waitFor,
   waitForState,
 } from './harness.js';
 
@@ -29,14 +29,20 @@ function hangOnce(dir: string, name: string): string {
   return `echo "attempt"\nif [ ! -e ${marker} ]; then touch ${marker}; exec sleep 60; fi\necho "second attempt succeeds"\n`;
 }
 
+/** Schedules a hangOnce job, starts a worker, and returns once the job is hanging in its first run. */
+async function startHanging(server: ServerHandle, dir: string, name: string): Promise<{ first: string; worker: Proc }> {
+  const first = await scheduleScript(server, dir, name, hangOnce(dir, name));
+  const worker = startWorker(server, [], PLATFORM, dir);
+  await waitForState(server, first, 'running');
+  await waitFor('the job to start', () => fs.existsSync(path.join(dir, `${name}.ran-once`)));
+  return { first, worker };
+}
+
 describe('lost workers', () => {
   it('a worker killed with SIGKILL mid-run: recorded as worker lost, the job runs again and succeeds', async () => {
     const dir = scratch();
     const server = await startServer(path.join(dir, 'state'));
-    const first = await scheduleScript(server, dir, 'victim', hangOnce(dir, 'victim'));
-    const worker = startWorker(server, [], PLATFORM, dir);
-    await waitForState(server, first, 'running');
-    await waitFor('the job to start', () => fs.existsSync(path.join(dir, 'victim.ran-once')));
+    const { first, worker } = await startHanging(server, dir, 'victim');
     worker.kill('SIGKILL');
 
     const lost = await waitForState(server, first, 'finished');
@@ -57,9 +63,7 @@ describe('lost workers', () => {
   it('a worker that stops sending heartbeats (SIGSTOP) is lost after three missed beats', async () => {
     const dir = scratch();
     const server = await startServer(path.join(dir, 'state'));
-    const first = await scheduleScript(server, dir, 'frozen', hangOnce(dir, 'frozen'));
-    const worker = startWorker(server, [], PLATFORM, dir);
-    await waitForState(server, first, 'running');
+    const { first, worker } = await startHanging(server, dir, 'frozen');
     worker.kill('SIGSTOP');
     const lost = await waitForState(server, first, 'finished', 20_000);
     expect(lost.outcome).toEqual({ kind: 'worker-lost', message: expect.stringMatching(/^no heartbeat from \S+ for 3s$/) });
@@ -75,10 +79,7 @@ describe('a server that stops answering (a partition)', () => {
   it('makes the worker stop its job after three unanswered heartbeats; the job runs again later', async () => {
     const dir = scratch();
     const server = await startServer(path.join(dir, 'state'));
-    const first = await scheduleScript(server, dir, 'partitioned', hangOnce(dir, 'partitioned'));
-    const worker = startWorker(server, [], PLATFORM, dir);
-    await waitForState(server, first, 'running');
-    await waitFor('the job to start', () => fs.existsSync(path.join(dir, 'partitioned.ran-once')));
+    const { first, worker } = await startHanging(server, dir, 'partitioned');
     server.proc.kill('SIGSTOP');
     const exited = await worker.exit;
     server.proc.kill('SIGCONT');
