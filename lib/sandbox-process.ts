@@ -9,12 +9,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TarSource } from '../protocol/artifacts.js';
-import { CHUNK_BYTES } from '../protocol/messages.js';
 import type { Outcome } from '../protocol/types.js';
+import { SCRIPT_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectory } from './job-directory.js';
 import { LineSplitter } from './line-splitter.js';
 import type { JobSpec, KillReason, RunHooks, Sandbox } from './sandbox.js';
-
-export const SCRIPT_NAME = '.builder-script.sh';
 
 /** Seconds a shell must stay stopped (checked once a second) before the run ends as `stopped`. */
 const STOPPED_CHECKS = 3;
@@ -23,7 +21,7 @@ const STOPPED_CHECKS = 3;
  * Whether a process is stopped (state T). Linux tells in /proc; elsewhere (FreeBSD) ps(1) does. The
  * signal that stopped it cannot be learnt this way: it is reported as SIGSTOP.
  */
-function isStopped(pid: number): boolean {
+export function isStopped(pid: number): boolean {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat.charAt(stat.lastIndexOf(')') + 2) === 'T';
@@ -70,13 +68,7 @@ export class ProcessSandbox implements Sandbox {
 
   async prepare(job: JobSpec): Promise<void> {
     this.job = job;
-    const base = this.options.tmpDir ?? os.tmpdir();
-    try {
-      this.dir = await fs.promises.mkdtemp(path.join(base, 'builder-'));
-      await fs.promises.writeFile(path.join(this.dir, SCRIPT_NAME), job.script, { mode: 0o500 });
-    } catch (error) {
-      throw new Error(`cannot write the job's files in ${base}: ${(error as Error).message}`);
-    }
+    this.dir = await makeJobDirectory(job.script, this.options.tmpDir);
   }
 
   run(hooks: RunHooks): Promise<Outcome> {
@@ -221,8 +213,7 @@ export class ProcessSandbox implements Sandbox {
   }
 
   async *collect(notes: (text: string) => void): AsyncGenerator<TarSource> {
-    if (this.dir === null) return;
-    yield* walk(this.dir, '', notes);
+    if (this.dir !== null) yield* collectJobDirectory(this.dir, notes);
   }
 
   async cleanUp(report: (problem: string) => void = () => {}): Promise<void> {
@@ -231,65 +222,6 @@ export class ProcessSandbox implements Sandbox {
     if (this.dir === null) return;
     const dir = this.dir;
     this.dir = null;
-    try {
-      // The job may have left directories without write permission; make them removable first.
-      await makeWritable(dir);
-      await fs.promises.rm(dir, { recursive: true, force: true });
-    } catch {
-      // fs.rm gives up on trees deeper than PATH_MAX; rm(1) walks them relative to each directory.
-      const rm = spawnSync('rm', ['-rf', dir], { encoding: 'utf8' });
-      if (rm.status !== 0 || fs.existsSync(dir)) report(`could not remove the job's directory ${dir}: ${rm.stderr.trim() || `rm exited ${rm.status}`}`);
-    }
+    await removeJobDirectory(dir, report);
   }
-}
-
-async function* walk(root: string, relative: string, notes: (text: string) => void): AsyncGenerator<TarSource> {
-  const dir = path.join(root, relative);
-  let entries: fs.Dirent[];
-  try {
-    entries = await fs.promises.readdir(dir, { withFileTypes: true });
-  } catch (error) {
-    const where = relative === '' ? 'the working directory' : shorten(relative);
-    notes(`cannot list ${where}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
-    return;
-  }
-  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  for (const entry of entries) {
-    const rel = relative === '' ? entry.name : `${relative}/${entry.name}`;
-    if (rel === SCRIPT_NAME) continue;
-    const full = path.join(root, rel);
-    let stat: fs.Stats;
-    try {
-      stat = await fs.promises.lstat(full);
-    } catch (error) {
-      notes(`not an artifact: ${shorten(rel)}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
-      continue;
-    }
-    if (stat.isDirectory()) {
-      yield* walk(root, rel, notes);
-    } else if (stat.isFile()) {
-      yield {
-        path: rel,
-        size: stat.size,
-        mode: stat.mode & 0o111 ? 0o755 : 0o644,
-        // O_NOFOLLOW: a file swapped for a symlink after the listing is refused, not followed.
-        chunks: () => fs.createReadStream('', { fd: fs.openSync(full, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW), highWaterMark: CHUNK_BYTES }),
-      };
-    } else if (stat.isSymbolicLink()) {
-      notes(`not an artifact: ${rel} is a symbolic link (links are not followed)`);
-    } else {
-      notes(`not an artifact: ${rel} is not a regular file`);
-    }
-  }
-}
-
-/** A path as console notes show it: a very deep one is cut after 200 characters. */
-function shorten(relative: string): string {
-  return relative.length > 200 ? `${relative.slice(0, 200)}…` : relative;
-}
-
-async function makeWritable(dir: string): Promise<void> {
-  await fs.promises.chmod(dir, 0o700).catch(() => {});
-  const entries = await fs.promises.readdir(dir, { withFileTypes: true }).catch(() => [] as fs.Dirent[]);
-  for (const entry of entries) if (entry.isDirectory()) await makeWritable(path.join(dir, entry.name));
 }

@@ -41,6 +41,8 @@ export const WORKER_EXIT = {
   refused: 2,
   /** The connection to the server was lost while a job ran; the job was stopped. */
   lostServer: 3,
+  /** The sandbox cannot be used: the container engine is missing or unreachable, or the image is. */
+  sandbox: 4,
 } as const;
 
 type Session = { conn: Connection; inbox: Inbox<ServerToWorker>; welcome: Welcome };
@@ -156,18 +158,21 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   const { conn, inbox, welcome } = session;
   const sandbox = options.sandbox?.() ?? new ProcessSandbox({ tmpDir: options.tmpDir, killGraceMs: options.killGraceMs });
   const started = Date.now();
+  let lost = false;
   // Stopping the worker (service stop, Ctrl-C) stops its job too: the job runs in its own process
-  // group, so it would not get the signal otherwise. The server records the run as worker lost.
+  // group (or container), so it would not get the signal otherwise. Nothing is reported: the
+  // server records the run as worker lost when the connection closes, and queues the job again.
+  // The job is cleaned up as usual below, then the worker exits 128 + the signal's number.
+  let stoppedBy: NodeJS.Signals | null = null;
   const onSignal = (signal: NodeJS.Signals): void => {
     say(`${signal}: stopping ${job.name} (run ${job.uuid}); the server queues it again`);
+    stoppedBy = signal;
+    lost = true;
     sandbox.kill({ kind: 'lost' });
-    void sandbox.cleanUp().finally(() => process.exit(128 + (os.constants.signals[signal] ?? 15)));
   };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
   say(`running ${job.name} (run ${job.uuid})`);
-
-  let lost = false;
   inbox.listener = (message) => {
     if (message.type === 'cancel-run' && message.uuid === job.uuid) {
       say(`cancelling ${job.name}: ${message.message}`);
@@ -263,6 +268,10 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   await sandbox.cleanUp((problem) => say(problem));
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
+  if (stoppedBy !== null) {
+    conn.close();
+    return 128 + (os.constants.signals[stoppedBy] ?? 15);
+  }
   if (lost) {
     say(`lost the connection to the server while running ${job.name}; the job was stopped (the server queues it again)`);
     return WORKER_EXIT.lostServer;
@@ -278,7 +287,7 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
 
 /** Outcome messages are bounded on the wire; a long one (a deep path in an error) is cut. */
 function limitOutcome(outcome: Outcome): Outcome {
-  if ('message' in outcome) return { ...outcome, message: limitMessage(outcome.message) };
+  if ('message' in outcome && outcome.message !== undefined) return { ...outcome, message: limitMessage(outcome.message) };
   return outcome;
 }
 

@@ -57,7 +57,8 @@ export type JobSource = z.infer<typeof JobSource>;
  */
 export const Outcome = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('exited'), code: z.number().int().min(0).max(255) }),
-  z.object({ kind: z.literal('signalled'), signal: z.number().int().min(1).max(128) }),
+  // `message` says why when the sandbox knows it (a container killed for exceeding its memory limit).
+  z.object({ kind: z.literal('signalled'), signal: z.number().int().min(1).max(128), message: z.string().max(MAX_MESSAGE_CHARS).optional() }),
   z.object({ kind: z.literal('stopped'), signal: z.number().int().min(1).max(128) }),
   z.object({ kind: z.literal('error'), message: z.string().max(MAX_MESSAGE_CHARS) }),
   z.object({ kind: z.literal('timeout'), seconds: z.number().int().nonnegative() }),
@@ -167,7 +168,7 @@ export function describeOutcome(outcome: Outcome | null): string {
   if (outcome === null) return 'not finished';
   switch (outcome.kind) {
     case 'exited': return `exited ${outcome.code}`;
-    case 'signalled': return `signalled ${outcome.signal}`;
+    case 'signalled': return outcome.message === undefined ? `signalled ${outcome.signal}` : `signalled ${outcome.signal}: ${outcome.message}`;
     case 'stopped': return `stopped ${outcome.signal}`;
     case 'error': return `error: ${outcome.message}`;
     case 'timeout': return `timeout after ${outcome.seconds}s`;

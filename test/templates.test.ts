@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SCRIPT_NAME } from '../lib/sandbox-process.js';
+import { SCRIPT_NAME } from '../lib/job-directory.js';
 import { TemplateError, Templates } from '../lib/templates.js';
 
 const TEMPLATES_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'templates');

@@ -1,0 +1,94 @@
+/**
+ * A job's working directory on the worker's host, whatever sandbox runs the job: made fresh for each
+ * run with the script in it, walked for artifacts afterwards, and removed at the end. Containers
+ * bind-mount this same directory, so every sandbox collects artifacts the same way.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { TarSource } from '../protocol/artifacts.js';
+import { CHUNK_BYTES } from '../protocol/messages.js';
+
+/** The script's file name in the working directory; it is never collected as an artifact. */
+export const SCRIPT_NAME = '.builder-script.sh';
+
+/** Makes a fresh builder-XXXXXX directory under `base` (default: the OS temp dir) holding the script. */
+export async function makeJobDirectory(script: string, base = os.tmpdir()): Promise<string> {
+  try {
+    const dir = await fs.promises.mkdtemp(path.join(base, 'builder-'));
+    await fs.promises.writeFile(path.join(dir, SCRIPT_NAME), script, { mode: 0o500 });
+    return dir;
+  } catch (error) {
+    throw new Error(`cannot write the job's files in ${base}: ${(error as Error).message}`);
+  }
+}
+
+/** Every regular file under `dir` (except the script), in name order; the rest is noted and skipped. */
+export function collectJobDirectory(dir: string, notes: (text: string) => void): AsyncGenerator<TarSource> {
+  return walk(dir, '', notes);
+}
+
+/** Removes a job's directory, whatever the job did to its permissions. Never throws. */
+export async function removeJobDirectory(dir: string, report: (problem: string) => void): Promise<void> {
+  try {
+    // The job may have left directories without write permission; make them removable first.
+    await makeWritable(dir);
+    await fs.promises.rm(dir, { recursive: true, force: true });
+  } catch {
+    // fs.rm gives up on trees deeper than PATH_MAX; rm(1) walks them relative to each directory.
+    const rm = spawnSync('rm', ['-rf', dir], { encoding: 'utf8' });
+    if (rm.status !== 0 || fs.existsSync(dir)) report(`could not remove the job's directory ${dir}: ${rm.stderr.trim() || `rm exited ${rm.status}`}`);
+  }
+}
+
+async function* walk(root: string, relative: string, notes: (text: string) => void): AsyncGenerator<TarSource> {
+  const dir = path.join(root, relative);
+  let entries: fs.Dirent[];
+  try {
+    entries = await fs.promises.readdir(dir, { withFileTypes: true });
+  } catch (error) {
+    const where = relative === '' ? 'the working directory' : shorten(relative);
+    notes(`cannot list ${where}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    return;
+  }
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const entry of entries) {
+    const rel = relative === '' ? entry.name : `${relative}/${entry.name}`;
+    if (rel === SCRIPT_NAME) continue;
+    const full = path.join(root, rel);
+    let stat: fs.Stats;
+    try {
+      stat = await fs.promises.lstat(full);
+    } catch (error) {
+      notes(`not an artifact: ${shorten(rel)}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+      continue;
+    }
+    if (stat.isDirectory()) {
+      yield* walk(root, rel, notes);
+    } else if (stat.isFile()) {
+      yield {
+        path: rel,
+        size: stat.size,
+        mode: stat.mode & 0o111 ? 0o755 : 0o644,
+        // O_NOFOLLOW: a file swapped for a symlink after the listing is refused, not followed.
+        chunks: () => fs.createReadStream('', { fd: fs.openSync(full, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW), highWaterMark: CHUNK_BYTES }),
+      };
+    } else if (stat.isSymbolicLink()) {
+      notes(`not an artifact: ${rel} is a symbolic link (links are not followed)`);
+    } else {
+      notes(`not an artifact: ${rel} is not a regular file`);
+    }
+  }
+}
+
+/** A path as console notes show it: a very deep one is cut after 200 characters. */
+function shorten(relative: string): string {
+  return relative.length > 200 ? `${relative.slice(0, 200)}…` : relative;
+}
+
+async function makeWritable(dir: string): Promise<void> {
+  await fs.promises.chmod(dir, 0o700).catch(() => {});
+  const entries = await fs.promises.readdir(dir, { withFileTypes: true }).catch(() => [] as fs.Dirent[]);
+  for (const entry of entries) if (entry.isDirectory()) await makeWritable(path.join(dir, entry.name));
+}

@@ -1,0 +1,9 @@
+import { describe } from 'vitest';
+import { BASE_IMAGE, engineUsable } from './containers.js';
+import { containerSuite } from './sandbox-container-suite.js';
+import { conformanceSuite } from './sandbox-conformance.js';
+
+describe.runIf(engineUsable('docker'))('docker', () => {
+  conformanceSuite('docker', ['--sandbox', 'docker', '--image', BASE_IMAGE]);
+  containerSuite('docker');
+});

@@ -1,0 +1,3 @@
+import { conformanceSuite } from './sandbox-conformance.js';
+
+conformanceSuite('process', []);
