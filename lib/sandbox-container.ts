@@ -11,6 +11,7 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import type { TarSource } from '../protocol/artifacts.js';
 import type { Outcome } from '../protocol/types.js';
 import { SCRIPT_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectory } from './job-directory.js';
@@ -162,6 +163,8 @@ interface ContainerState { Status: string; ExitCode: number; OOMKilled: boolean;
 
 export class ContainerSandbox implements Sandbox {
   private dir: string | null = null;
+  /** The engine's working directory while the job runs (see run()); removed with the job's. */
+  private scratch: string | null = null;
   private job: JobSpec | null = null;
   private name: string | null = null;
   private created = false;
@@ -182,6 +185,7 @@ export class ContainerSandbox implements Sandbox {
   async prepare(job: JobSpec): Promise<void> {
     this.job = job;
     this.dir = await makeJobDirectory(job.script, this.options.tmpDir);
+    this.scratch = await fs.promises.mkdtemp(path.join(this.options.tmpDir ?? os.tmpdir(), 'builder-engine-'));
     const { engine, image, memory, cpus, pids, network } = this.options;
     const name = `builder-${job.uuid}`;
     const args = ['create', '--name', name,
@@ -213,7 +217,9 @@ export class ContainerSandbox implements Sandbox {
 
     const oomBefore = oomKills();
     return new Promise((resolve) => {
-      const child = spawn(this.options.engine, ['start', '--attach', name], { stdio: ['ignore', 'pipe', 'pipe'] });
+      // podman's conmon (2.1 on cgroup v1) writes an `oom` file into its working directory when the
+      // kernel kills a process of the container for memory: a directory of the job's own, not ours.
+      const child = spawn(this.options.engine, ['start', '--attach', name], { stdio: ['ignore', 'pipe', 'pipe'], cwd: this.scratch ?? undefined });
       this.child = child;
       const timeout = setTimeout(() => this.kill({ kind: 'timeout' }), job.timeoutSeconds * 1000);
       const partialMs = this.options.partialLineMs ?? 100;
@@ -240,7 +246,8 @@ export class ContainerSandbox implements Sandbox {
         this.finished = true;
         if (this.killTimer !== null) clearTimeout(this.killTimer);
         const oomAfter = oomKills();
-        const oomDuringRun = oomBefore !== null && oomAfter !== null && oomAfter > oomBefore;
+        const oomDuringRun = (oomBefore !== null && oomAfter !== null && oomAfter > oomBefore)
+          || (this.scratch !== null && fs.existsSync(path.join(this.scratch, 'oom')));
         resolve(error !== null ? { kind: 'error', message: error } : this.outcome(state, stderrHead, job, oomDuringRun));
       };
       child.on('error', (error) => void finish(`cannot run ${this.options.engine}: ${error.message}`));
@@ -297,8 +304,9 @@ export class ContainerSandbox implements Sandbox {
     }
     const code = state.ExitCode;
     // Docker says when the kernel killed a process of the container for its memory limit. Podman
-    // on cgroup v1 does not: there a SIGKILL while the host's OOM-kill count rose, in a container
-    // with a memory limit, is taken as the same (a simultaneous OOM elsewhere could be mistaken).
+    // on cgroup v1 does not: there a SIGKILL in a container with a memory limit, while conmon left
+    // its `oom` file or the host's OOM-kill count rose, is taken as the same (with only the count
+    // to go by, a simultaneous OOM elsewhere on the host could be mistaken for it).
     const oomKilled = state.OOMKilled || (oomDuringRun && this.options.memory !== undefined && code === 128 + 9);
     if (oomKilled && code !== 0) {
       return { kind: 'signalled', signal: 9, message: `out of memory: the job exceeded its memory limit of ${this.options.memory ?? 'the host'}` };
@@ -372,5 +380,7 @@ export class ContainerSandbox implements Sandbox {
     const dir = this.dir;
     this.dir = null;
     await removeJobDirectory(dir, report);
+    if (this.scratch !== null) await fs.promises.rm(this.scratch, { recursive: true, force: true }).catch(() => {});
+    this.scratch = null;
   }
 }
