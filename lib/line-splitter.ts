@@ -3,6 +3,7 @@
  * arrives; a partial line that sits for `partialMs` is sent anyway (so `printf 'working...'` shows up);
  * a line longer than MAX_LINE_CHARS is split. UTF-8 sequences cut between chunks are reassembled.
  */
+import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import type { ConsoleLine } from '../protocol/types.js';
 
@@ -86,5 +87,20 @@ export class LineSplitter {
     const text = this.partial;
     this.partial = '';
     this.emit([{ at: Date.now() - this.started, stream: this.stream, text }]);
+  }
+}
+
+/**
+ * Pauses or resumes a job's output: the splitters hold back partial lines while paused (a line cut
+ * by the pause is not a line) and the pipes stop being read, so the job blocks on its writes.
+ */
+export function pauseOutput(paused: boolean, splitters: LineSplitter[], streams: (Readable | null | undefined)[]): void {
+  for (const splitter of splitters) {
+    splitter.paused = paused;
+    if (!paused) splitter.touch();
+  }
+  for (const stream of streams) {
+    if (paused) stream?.pause();
+    else stream?.resume();
   }
 }

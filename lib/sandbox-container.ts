@@ -15,7 +15,7 @@ import path from 'node:path';
 import type { TarSource } from '../protocol/artifacts.js';
 import type { Outcome } from '../protocol/types.js';
 import { SCRIPT_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectory } from './job-directory.js';
-import { LineSplitter } from './line-splitter.js';
+import { LineSplitter, pauseOutput } from './line-splitter.js';
 import type { JobSpec, KillReason, RunHooks, Sandbox } from './sandbox.js';
 import { isStopped } from './sandbox-process.js';
 
@@ -338,14 +338,7 @@ export class ContainerSandbox implements Sandbox {
   }
 
   setPaused(paused: boolean): void {
-    for (const splitter of this.splitters) {
-      splitter.paused = paused;
-      if (!paused) splitter.touch();
-    }
-    for (const stream of [this.child?.stdout, this.child?.stderr]) {
-      if (paused) stream?.pause();
-      else stream?.resume();
-    }
+    pauseOutput(paused, this.splitters, [this.child?.stdout, this.child?.stderr]);
   }
 
   async *collect(notes: (text: string) => void): AsyncGenerator<TarSource> {

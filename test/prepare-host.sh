@@ -13,7 +13,7 @@ fi
 # sandboxes. debootstrap: the base image. dpkg-dev debhelper systemd: the Debian package and
 # `systemd-analyze verify` on its units.
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq \
   python3 make g++ git shellcheck \
   docker.io podman catatonit debootstrap \
   dpkg-dev debhelper systemd adduser ca-certificates >/dev/null
