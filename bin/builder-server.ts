@@ -18,6 +18,7 @@ const argv = yargs(hideBin(process.argv))
   .option('heartbeat', { type: 'string', default: '10s', describe: 'how often running workers send heartbeats; 3 missed = worker lost' })
   .option('max-frame-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxFrameBytes, describe: 'largest protocol frame accepted' })
   .option('strict', { type: 'boolean', default: false, describe: 'fsync every commit (survives power loss, slower)' })
+  .option('http', { type: 'string', describe: 'serve the read-only web view on HOST:PORT, e.g. 127.0.0.1:8080 (off by default)' })
   .strict()
   .fail((message, error) => usageError(PROGRAM, error?.message ?? message))
   .help()
@@ -38,6 +39,7 @@ try {
     heartbeatSeconds: durationOption(PROGRAM, 'heartbeat', argv.heartbeat, 3600),
     maxFrameBytes,
     strict: argv.strict,
+    http: argv.http === undefined ? null : addressOption(PROGRAM, 'http', argv.http),
   });
   const stop = (signal: string): void => {
     process.stderr.write(`${new Date().toISOString()} stopping signal=${signal}\n`);

@@ -6,7 +6,6 @@
  * server. The final `run-end` is never dropped: it bypasses the limit, and an observer still
  * replaying gets it right after catching up.
  */
-import type { Connection } from '../protocol/connection.js';
 import type { ServerToClient } from '../protocol/messages.js';
 import type { ConsoleLine, RunSummary } from '../protocol/types.js';
 import type { ConsoleStore } from './console-log.js';
@@ -19,6 +18,19 @@ export interface ObserverLimits {
 /** Bytes of console written so far for a run being written now, or null when it is not running here. */
 export type ConsoleOffset = (uuid: string) => number | null;
 
+/**
+ * Where an observer's messages go: a client connection, or the web view's server-sent events. The
+ * same replay, catch-up and cut-off rules apply to both.
+ */
+export interface ObserverSink {
+  /** Queues a message; false when the sink's buffer is full (wait for drained()). */
+  send(message: ServerToClient): boolean;
+  drained(): Promise<void>;
+  /** Bytes queued but not yet sent. */
+  readonly backlog: number;
+  readonly isClosed: boolean;
+}
+
 class Observer {
   replaying = true;
   done = false;
@@ -26,11 +38,11 @@ class Observer {
   ended: RunSummary | null = null;
   /** The newest state change seen while replaying, sent once caught up. */
   update: RunSummary | null = null;
-  constructor(readonly conn: Connection, readonly id: number, readonly uuid: string) {}
+  constructor(readonly conn: ObserverSink, readonly id: number, readonly uuid: string) {}
 }
 
 interface LatestWaiter {
-  conn: Connection;
+  conn: ObserverSink;
   id: number;
   job: string | null;
   platform: string | null;
@@ -42,11 +54,14 @@ export class ObserverHub {
 
   constructor(private readonly consoles: ConsoleStore, private readonly limits: ObserverLimits) {}
 
-  /** Starts observing `run` for a client request: replay, catch up, then live until the run ends. */
-  async observe(conn: Connection, id: number, run: RunSummary, offsetOf: ConsoleOffset): Promise<void> {
+  /**
+   * Starts observing `run`: replay from byte `start` of its console, catch up, then live until the
+   * run ends.
+   */
+  async observe(conn: ObserverSink, id: number, run: RunSummary, offsetOf: ConsoleOffset, start = 0): Promise<void> {
     conn.send({ type: 'observing', id, run });
     if (run.state === 'finished') {
-      await this.replay(conn, id, run.uuid, 0, null);
+      await this.replay(conn, id, run.uuid, start, null);
       conn.send({ type: 'run-end', id, run });
       return;
     }
@@ -54,7 +69,7 @@ export class ObserverHub {
     let set = this.byRun.get(run.uuid);
     if (set === undefined) this.byRun.set(run.uuid, (set = new Set()));
     set.add(observer);
-    let offset = 0;
+    let offset = start;
     for (;;) {
       // Read up to what the writer has written right now; once nothing new was written while we
       // read, we are caught up, and (synchronously, so no line slips between) switch to live.
@@ -73,7 +88,7 @@ export class ObserverHub {
     }
   }
 
-  private async replay(conn: Connection, id: number, uuid: string, start: number, end: number | null): Promise<void> {
+  private async replay(conn: ObserverSink, id: number, uuid: string, start: number, end: number | null): Promise<void> {
     for await (const lines of this.consoles.replay(uuid, start, end)) {
       if (conn.isClosed) return;
       if (!conn.send({ type: 'console', id, lines })) await conn.drained();
@@ -81,7 +96,7 @@ export class ObserverHub {
   }
 
   /** Registers a client waiting for the newest run of a job/platform that has none yet. */
-  waitForLatest(conn: Connection, id: number, job: string | null, platform: string | null): void {
+  waitForLatest(conn: ObserverSink, id: number, job: string | null, platform: string | null): void {
     this.latestWaiters.push({ conn, id, job, platform });
   }
 
@@ -121,7 +136,7 @@ export class ObserverHub {
   }
 
   /** Forgets everything a closed connection was observing or waiting for. */
-  forget(conn: Connection): void {
+  forget(conn: ObserverSink): void {
     for (const [uuid, set] of this.byRun) {
       for (const observer of set) if (observer.conn === conn) observer.done = true;
       this.prune(uuid, set);

@@ -130,8 +130,17 @@ export class WorkerSession {
   }
 }
 
+export interface GoneWorker extends WorkerInfo {
+  goneAt: number;
+  reason: string;
+}
+
+const GONE_WORKERS_KEPT_MS = 3600_000;
+const GONE_WORKERS_KEPT = 100;
+
 export class Dispatcher {
   private readonly workers = new Set<WorkerSession>();
+  private gone: GoneWorker[] = [];
   /** Workers that asked for a job and got none yet, per platform, in the order they asked. */
   private readonly waiting = new Map<string, WorkerSession[]>();
 
@@ -154,6 +163,12 @@ export class Dispatcher {
 
   list(): WorkerInfo[] {
     return [...this.workers].map((worker) => worker.info());
+  }
+
+  /** Workers that disconnected in the last hour (at most 100), newest first. */
+  recentlyGone(): GoneWorker[] {
+    const now = Date.now();
+    return this.gone.filter((gone) => now - gone.goneAt < GONE_WORKERS_KEPT_MS);
   }
 
   get count(): number {
@@ -376,6 +391,10 @@ export class Dispatcher {
 
   removeWorker(worker: WorkerSession, reason: string): void {
     this.workers.delete(worker);
+    // Remembered for the web view's workers page ("gone"), newest first, for an hour at most.
+    const now = Date.now();
+    this.gone = [{ ...worker.info(), goneAt: now, reason }, ...this.gone]
+      .filter((gone) => now - gone.goneAt < GONE_WORKERS_KEPT_MS).slice(0, GONE_WORKERS_KEPT);
     const list = this.waiting.get(worker.platform);
     if (list !== undefined) this.waiting.set(worker.platform, list.filter((w) => w !== worker));
     this.loseRun(worker, `worker ${worker.id} disconnected: ${reason}`);

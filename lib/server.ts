@@ -18,6 +18,7 @@ import { handleClientMessage } from './server-requests.js';
 import { Dispatcher } from './server-workers.js';
 import { Store } from './store.js';
 import { Templates } from './templates.js';
+import { type RunningWeb, startWeb } from './web.js';
 import { SOFTWARE } from './version.js';
 
 export interface ServerOptions {
@@ -37,6 +38,8 @@ export interface ServerOptions {
   maxArtifactBytes: number;
   /** fsync every commit (synchronous = FULL) instead of relying on WAL + NORMAL. */
   strict: boolean;
+  /** HOST:PORT for the read-only web view, or null for none. */
+  http: string | null;
   log: Logger;
 }
 
@@ -49,6 +52,7 @@ export const DEFAULT_SERVER_OPTIONS: Omit<ServerOptions, 'stateDir' | 'templates
   observerBacklogBytes: 8 * 1024 * 1024,
   maxArtifactBytes: 64 * 1024 * 1024 * 1024,
   strict: false,
+  http: null,
   log: stderrLogger,
 };
 
@@ -68,6 +72,8 @@ export interface ServerContext {
 export interface RunningServer {
   /** The address actually listened on, e.g. 127.0.0.1:40123 when started with port 0. */
   address: string;
+  /** Where the web view listens, or null without --http. */
+  webAddress: string | null;
   context: ServerContext;
   close(): Promise<void>;
 }
@@ -106,11 +112,23 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const bound = server.address() as net.AddressInfo;
   const address = formatAddress(bound.address, bound.port);
   log('listening', { address, state: options.stateDir, templates: options.templatesDir, schema: store.schemaVersion });
+  let web: RunningWeb | null = null;
+  if (options.http !== null) {
+    try {
+      web = await startWeb(context, options.http);
+    } catch (error) {
+      server.close();
+      store.close();
+      throw error;
+    }
+  }
 
   return {
     address,
+    webAddress: web?.address ?? null,
     context,
     async close() {
+      await web?.close();
       context.scheduler.stop();
       context.dispatcher.stop();
       for (const conn of connections) conn.socket.destroy();

@@ -101,6 +101,9 @@ function toJob(row: JobRow): JobRecord {
   };
 }
 
+/** SQL for "this finished run succeeded": exited 0, as isSuccess() says. */
+const SUCCESS_SQL = "(json_extract(outcome, '$.kind') = 'exited' AND json_extract(outcome, '$.code') = 0)";
+
 function toRun(row: RunRow): RunSummary {
   return {
     uuid: row.uuid,
@@ -390,6 +393,33 @@ export class Store {
     const row = this.db.prepare(`SELECT * FROM runs WHERE (@job IS NULL OR job = @job) AND (@platform IS NULL OR platform = @platform)
       ORDER BY queued_at DESC, rowid DESC LIMIT 1`).get({ job, platform }) as RunRow | undefined;
     return row === undefined ? null : toRun(row);
+  }
+
+  /** One page of a job's runs, newest first; `failedOnly` keeps finished runs that did not succeed. */
+  runsOfJobPage(name: string, limit: number, offset: number, failedOnly: boolean): { runs: RunSummary[]; total: number } {
+    const where = `job = @name${failedOnly ? ` AND state = 'finished' AND NOT ${SUCCESS_SQL}` : ''}`;
+    const total = (this.db.prepare(`SELECT count(*) AS n FROM runs WHERE ${where}`).get({ name }) as { n: number }).n;
+    const rows = this.db.prepare(`SELECT * FROM runs WHERE ${where} ORDER BY queued_at DESC, rowid DESC LIMIT @limit OFFSET @offset`)
+      .all({ name, limit, offset }) as RunRow[];
+    return { runs: rows.map(toRun), total };
+  }
+
+  /** The newest finished run of a job, or its newest successful one (optionally on one platform). */
+  latestFinished(job: string, successOnly: boolean, platform: string | null = null): RunSummary | null {
+    const row = this.db.prepare(`SELECT * FROM runs WHERE job = @job AND state = 'finished' ${successOnly ? `AND ${SUCCESS_SQL}` : ''}
+      AND (@platform IS NULL OR platform = @platform) ORDER BY finished_at DESC, rowid DESC LIMIT 1`).get({ job, platform }) as RunRow | undefined;
+    return row === undefined ? null : toRun(row);
+  }
+
+  /** Every artifact with this SHA-256, with the run that produced it, newest first. */
+  artifactsWithHash(sha256: string): { run: RunSummary; path: string; size: number }[] {
+    const rows = this.db.prepare(`SELECT r.*, a.path AS artifact_path, a.size AS artifact_size FROM artifacts a JOIN runs r ON r.uuid = a.run_uuid
+      WHERE a.sha256 = ? ORDER BY r.finished_at DESC, r.rowid DESC LIMIT 1000`).all(sha256) as (RunRow & { artifact_path: string; artifact_size: number })[];
+    return rows.map((row) => ({ run: toRun(row), path: row.artifact_path, size: row.artifact_size }));
+  }
+
+  artifact(uuid: string, path: string): Artifact | null {
+    return (this.db.prepare('SELECT path, size, sha256 FROM artifacts WHERE run_uuid = ? AND path = ?').get(uuid, path) as Artifact | undefined) ?? null;
   }
 
   runsInState(state: RunState): RunSummary[] {

@@ -21,7 +21,8 @@ import { z } from 'zod';
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
 export const Name = z.string().regex(NAME_PATTERN, 'must be 1-128 characters of A-Z a-z 0-9 . _ + - and start with a letter or digit');
 
-export const Uuid = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'must be a lowercase UUID');
+export const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+export const Uuid = z.string().regex(UUID_PATTERN, 'must be a lowercase UUID');
 
 /** The longest message an outcome carries (error texts, reasons). */
 export const MAX_MESSAGE_CHARS = 4096;

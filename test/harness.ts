@@ -75,6 +75,8 @@ export interface ServerHandle {
   proc: Proc;
   address: string;
   stateDir: string;
+  /** The web view's base URL (http://HOST:PORT) when started with --http. */
+  web: string | null;
 }
 
 /** Starts builder-server and waits for its `listening` line. */
@@ -84,7 +86,10 @@ export async function startServer(stateDir: string, extra: string[] = [], listen
     if (proc.exited !== null) throw new Error(`builder-server exited ${proc.exited.code}: ${proc.stderr}`);
     return /listening address=(\S+)/.exec(proc.stderr)?.[1];
   }, 20_000);
-  return { proc, address, stateDir };
+  const web = extra.includes('--http')
+    ? await waitFor('the web view to listen', () => /web address=(http:\/\/\S+?)\/?\n/.exec(proc.stderr)?.[1], 20_000)
+    : null;
+  return { proc, address, stateDir, web };
 }
 
 export function startWorker(server: { address: string }, extra: string[] = [], platform = PLATFORM, tmpDir?: string): Proc {
