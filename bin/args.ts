@@ -20,6 +20,12 @@ export function durationOption(program: string, option: string, value: string, m
   return seconds;
 }
 
+/** Checks a whole-number option of at least 1, or exits 1 naming the option. */
+export function countOption(program: string, option: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1 || value > 1_000_000) usageError(program, `--${option}: '${value}' is not a whole number from 1 to 1000000`);
+  return value;
+}
+
 /** Checks a HOST:PORT option, or exits 1 naming the option. */
 export function addressOption(program: string, option: string, value: string): string {
   try {

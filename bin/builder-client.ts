@@ -11,7 +11,7 @@ import * as commands from '../lib/client-commands.js';
 import { parseTime, periodFromOptions } from '../lib/period.js';
 import type { JobSource, Period } from '../protocol/types.js';
 import { NAME_PATTERN } from '../protocol/types.js';
-import { durationOption, remoteDefault, usageError } from './args.js';
+import { countOption, durationOption, remoteDefault, usageError } from './args.js';
 
 const PROGRAM = 'builder-client';
 
@@ -59,12 +59,13 @@ function scheduleOptions<T>(y: Argv<T>) {
     .option('cron', { type: 'string', describe: 'queue on a cron schedule, in UTC ("0 3 * * *")' })
     .option('period', { type: 'string', choices: ['hourly', 'daily', 'weekly', 'never'], describe: 'a named period' })
     .option('replace', { type: 'boolean', default: false, describe: 'replace an existing job of the same name' })
-    .option('timeout', { type: 'string', describe: "this job's timeout (default: the server's, 1h)" });
+    .option('timeout', { type: 'string', describe: "this job's timeout (default: the server's, 1h)" })
+    .option('keep-runs', { type: 'number', describe: "finished runs of this job to keep, older ones are removed (default: the server's --keep-runs)" });
 }
 
 interface ScheduleArgv {
   remote: string; name: string; platform: string; every?: string; cron?: string; period?: string;
-  replace: boolean; timeout?: string;
+  replace: boolean; timeout?: string; 'keep-runs'?: number;
 }
 
 function runSchedule(argv: ScheduleArgv, source: JobSource): Promise<never> {
@@ -75,6 +76,7 @@ function runSchedule(argv: ScheduleArgv, source: JobSource): Promise<never> {
     period: period(argv, { kind: 'every', seconds: 86400 }) as Period,
     replace: argv.replace,
     timeoutSeconds: argv.timeout === undefined ? null : durationOption(PROGRAM, 'timeout', argv.timeout),
+    keepRuns: argv['keep-runs'] === undefined ? null : countOption(PROGRAM, 'keep-runs', argv['keep-runs']),
   };
   return withClient(argv.remote, (client) => commands.schedule(client, args, commands.stdio));
 }

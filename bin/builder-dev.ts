@@ -13,10 +13,13 @@ import { DEFAULT_TEMPLATES_DIR, detectPlatform } from '../lib/platform.js';
 const listen = process.env.BUILDER_LISTEN ?? DEFAULT_SERVER_OPTIONS.listen;
 const stateDir = path.resolve(process.env.BUILDER_STATE_DIR ?? 'var');
 const platform = process.env.BUILDER_PLATFORM ?? detectPlatform();
+// The web view on loopback; BUILDER_HTTP=off turns it off.
+const httpEnv = process.env.BUILDER_HTTP ?? '127.0.0.1:8080';
+const http = httpEnv === 'off' ? null : httpEnv;
 
 let server;
 try {
-  server = await startServer({ ...DEFAULT_SERVER_OPTIONS, listen, stateDir, templatesDir: DEFAULT_TEMPLATES_DIR });
+  server = await startServer({ ...DEFAULT_SERVER_OPTIONS, listen, stateDir, templatesDir: DEFAULT_TEMPLATES_DIR, http });
 } catch (error) {
   process.stderr.write(`builder: ${(error as Error).message}\n`);
   process.exit(2);
@@ -25,6 +28,7 @@ const workerScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'bu
 const worker = spawn(process.execPath, [workerScript, platform, '--remote', server.address, '--loop'], { stdio: ['ignore', 'inherit', 'inherit'] });
 const client = path.join(path.dirname(fileURLToPath(import.meta.url)), 'builder-client.js');
 process.stderr.write(`\nbuilder is running: server on ${server.address}, state in ${stateDir}, one ${platform} worker.\n`
+  + (server.webAddress === null ? '' : `Web view:             http://${server.webAddress}/\n`)
   + `In another terminal:  alias builder-client="node ${client}"\n`
   + `                      builder-client info\nStop with Ctrl-C.\n\n`);
 

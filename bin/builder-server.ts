@@ -4,7 +4,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { DEFAULT_SERVER_OPTIONS, startServer } from '../lib/server.js';
 import { DEFAULT_TEMPLATES_DIR, defaultStateDir } from '../lib/platform.js';
-import { addressOption, durationOption, usageError } from './args.js';
+import { addressOption, countOption, durationOption, usageError } from './args.js';
 
 const PROGRAM = 'builder-server';
 
@@ -18,6 +18,8 @@ const argv = yargs(hideBin(process.argv))
   .option('heartbeat', { type: 'string', default: '10s', describe: 'how often running workers send heartbeats; 3 missed = worker lost' })
   .option('max-frame-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxFrameBytes, describe: 'largest protocol frame accepted' })
   .option('strict', { type: 'boolean', default: false, describe: 'fsync every commit (survives power loss, slower)' })
+  .option('keep-runs', { type: 'number', default: 0, describe: 'finished runs kept per job, older ones removed with their consoles and artifacts (0: keep all; a job may set its own)' })
+  .option('vacuum-every', { type: 'string', default: '1h', describe: 'how often free database pages are handed back to the file system' })
   .option('http', { type: 'string', describe: 'serve the read-only web view on HOST:PORT, e.g. 127.0.0.1:8080 (off by default)' })
   .strict()
   .fail((message, error) => usageError(PROGRAM, error?.message ?? message))
@@ -40,6 +42,8 @@ try {
     maxFrameBytes,
     strict: argv.strict,
     http: argv.http === undefined ? null : addressOption(PROGRAM, 'http', argv.http),
+    keepRuns: argv['keep-runs'] === 0 ? 0 : countOption(PROGRAM, 'keep-runs', argv['keep-runs']),
+    vacuumIntervalSeconds: Math.max(1, durationOption(PROGRAM, 'vacuum-every', argv['vacuum-every'], 7 * 86400)),
   });
   const stop = (signal: string): void => {
     process.stderr.write(`${new Date().toISOString()} stopping signal=${signal}\n`);

@@ -95,6 +95,7 @@ export interface ScheduleArgs {
   period: Period;
   replace: boolean;
   timeoutSeconds: number | null;
+  keepRuns: number | null;
 }
 
 /** schedule / schedule-template: prints the queued run's UUID on stdout, what happened on stderr. */

@@ -45,7 +45,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         }
         const { replaced, enqueued, cancelled } = store.putJob({
           name: message.name, platform: message.platform, source: message.source, period: message.period,
-          nextDue: nextDue(message.period, now), timeoutSeconds: message.timeoutSeconds, createdAt: now,
+          nextDue: nextDue(message.period, now), timeoutSeconds: message.timeoutSeconds, keepRuns: message.keepRuns ?? null, createdAt: now,
         }, message.replace, now);
         log('schedule', { peer: conn.peer, job: message.name, platform: message.platform, period: describePeriod(message.period), replaced });
         context.scheduler.rearm();

@@ -141,6 +141,8 @@ const GONE_WORKERS_KEPT = 100;
 export class Dispatcher {
   private readonly workers = new Set<WorkerSession>();
   private gone: GoneWorker[] = [];
+  /** Runs whose artifacts are being stored and not yet committed (see Retention). */
+  private readonly uploads = new Set<string>();
   /** Workers that asked for a job and got none yet, per platform, in the order they asked. */
   private readonly waiting = new Map<string, WorkerSession[]>();
 
@@ -163,6 +165,11 @@ export class Dispatcher {
 
   list(): WorkerInfo[] {
     return [...this.workers].map((worker) => worker.info());
+  }
+
+  /** Whether an upload is storing files whose rows are not committed yet. */
+  get uploading(): boolean {
+    return this.uploads.size > 0;
   }
 
   /** Workers that disconnected in the last hour (at most 100), newest first. */
@@ -305,6 +312,7 @@ export class Dispatcher {
       case 'upload': {
         const run = this.currentRun(worker, message.uuid, 'upload');
         if (run === null) return;
+        if (run.upload === null) this.uploads.add(run.uuid);
         run.upload ??= new Upload(this.context, worker.conn, (paused) => {
           if (paused) worker.stopSilenceTimer();
           else if (worker.run === run && !run.finishing) this.watchSilence(worker);
@@ -360,13 +368,18 @@ export class Dispatcher {
       }
     }
     run.console.close(this.context.options.strict);
-    store.finishRun(run.uuid, outcome, Date.now(), artifacts, run.console.lines);
+    try {
+      store.finishRun(run.uuid, outcome, Date.now(), artifacts, run.console.lines);
+    } finally {
+      this.uploads.delete(run.uuid);
+    }
     worker.run = null;
     worker.stopSilenceTimer();
     worker.conn.send({ type: 'finished-ack', uuid: run.uuid });
     log('finish', { run: run.uuid, job: run.job, worker: worker.id, outcome: describeOutcome(outcome), artifacts: artifacts.length, lines: run.console.lines });
     const summary = store.getRun(run.uuid);
     if (summary !== null) hub.end(summary);
+    this.context.retention.collect();
   }
 
   /** Starts (or restarts in full) the timer after which a silent running worker is lost. */
@@ -407,13 +420,16 @@ export class Dispatcher {
     worker.run = null;
     worker.stopSilenceTimer();
     run.console.close(false);
-    run.upload?.finish().catch(() => {});
+    // Files it is still storing are never referenced: it no longer counts as uploading once done.
+    if (run.upload === null) this.uploads.delete(run.uuid);
+    else void run.upload.finish().catch(() => {}).finally(() => this.uploads.delete(run.uuid));
     const { store, hub, log } = this.context;
     const again = store.loseRun(run.uuid, limitMessage(message), Date.now(), run.console.lines, MAX_CONSECUTIVE_LOSSES);
     log('lost', { run: run.uuid, job: run.job, worker: worker.id, reason: message, requeued: again?.uuid ?? 'no' });
     const summary = store.getRun(run.uuid);
     if (summary !== null) hub.end(summary);
     if (again !== null) this.queued([again]);
+    this.context.retention.collect();
   }
 
   /** Asks the worker running `uuid` to cancel it. Returns false if no connected worker runs it. */

@@ -13,6 +13,7 @@ import { ArtifactFiles } from './artifact-files.js';
 import { ConsoleStore } from './console-log.js';
 import { type Logger, stderrLogger } from './log.js';
 import { ObserverHub } from './observers.js';
+import { Retention } from './retention.js';
 import { Scheduler } from './scheduler.js';
 import { handleClientMessage } from './server-requests.js';
 import { Dispatcher } from './server-workers.js';
@@ -40,6 +41,10 @@ export interface ServerOptions {
   strict: boolean;
   /** HOST:PORT for the read-only web view, or null for none. */
   http: string | null;
+  /** Finished runs kept per job (a job may set its own); 0 keeps all. */
+  keepRuns: number;
+  /** How often free database pages are handed back to the file system. */
+  vacuumIntervalSeconds: number;
   log: Logger;
 }
 
@@ -53,6 +58,8 @@ export const DEFAULT_SERVER_OPTIONS: Omit<ServerOptions, 'stateDir' | 'templates
   maxArtifactBytes: 64 * 1024 * 1024 * 1024,
   strict: false,
   http: null,
+  keepRuns: 0,
+  vacuumIntervalSeconds: 3600,
   log: stderrLogger,
 };
 
@@ -66,6 +73,7 @@ export interface ServerContext {
   hub: ObserverHub;
   scheduler: Scheduler;
   dispatcher: Dispatcher;
+  retention: Retention;
   log: Logger;
 }
 
@@ -81,7 +89,7 @@ export interface RunningServer {
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const log = options.log;
   fs.mkdirSync(options.stateDir, { recursive: true });
-  const store = new Store(path.join(options.stateDir, 'builder.sqlite'), { strict: options.strict });
+  const store = new Store(path.join(options.stateDir, 'builder.sqlite'), { strict: options.strict, keepRuns: options.keepRuns });
   const consoles = new ConsoleStore(path.join(options.stateDir, 'console'), options.strict);
   const artifacts = new ArtifactFiles(path.join(options.stateDir, 'artifacts'), options.strict);
   const templates = new Templates(options.templatesDir);
@@ -91,7 +99,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   context.scheduler = new Scheduler(store, (runs) => context.dispatcher.queued(runs),
     (error) => log('error', { during: 'scheduling', problem: error.message }));
 
+  context.retention = new Retention(context);
   context.dispatcher.recoverInterrupted();
+  context.retention.start(options.vacuumIntervalSeconds);
   context.scheduler.rearm();
 
   const connections = new Set<Connection>();
@@ -129,6 +139,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     context,
     async close() {
       await web?.close();
+      context.retention.stop();
       context.scheduler.stop();
       context.dispatcher.stop();
       for (const conn of connections) conn.socket.destroy();

@@ -67,6 +67,19 @@ const MIGRATIONS: string[] = [
 
   CREATE TABLE dropped_platforms (platform TEXT PRIMARY KEY);
   `,
+  `
+  -- Retention: a job may keep its own number of finished runs (NULL: the server's --keep-runs).
+  ALTER TABLE jobs ADD COLUMN keep_runs INTEGER;
+  CREATE INDEX runs_job_finished ON runs(job, finished_at DESC) WHERE state = 'finished';
+  -- Files of removed runs, deleted from disk after the transaction that removed their rows (an
+  -- artifact file only when no run references its hash any more). Kept here so that a crash in
+  -- between leaves nothing behind for ever.
+  CREATE TABLE garbage (
+    kind TEXT NOT NULL CHECK (kind IN ('artifact', 'console')),
+    name TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+  );
+  `,
 ];
 
 export interface JobRecord {
@@ -76,12 +89,14 @@ export interface JobRecord {
   period: Period;
   nextDue: number | null;
   timeoutSeconds: number | null;
+  /** Finished runs to keep (older ones are removed); null: the server's default. */
+  keepRuns: number | null;
   createdAt: number;
 }
 
 interface JobRow {
   name: string; platform: string; source: string; period: string; next_due: number | null;
-  timeout_s: number | null; created_at: number;
+  timeout_s: number | null; keep_runs: number | null; created_at: number;
 }
 interface RunRow {
   uuid: string; job: string; platform: string; state: RunState; worker: string | null; source: string | null;
@@ -97,6 +112,7 @@ function toJob(row: JobRow): JobRecord {
     period: JSON.parse(row.period) as Period,
     nextDue: row.next_due,
     timeoutSeconds: row.timeout_s,
+    keepRuns: row.keep_runs,
     createdAt: row.created_at,
   };
 }
@@ -129,7 +145,11 @@ export interface Enqueued {
 export class Store {
   readonly db: Database.Database;
 
-  constructor(path: string, options: { strict?: boolean } = {}) {
+  /** Finished runs kept per job unless the job says otherwise; 0 keeps all. */
+  readonly keepRuns: number;
+
+  constructor(path: string, options: { strict?: boolean; keepRuns?: number } = {}) {
+    this.keepRuns = options.keepRuns ?? 0;
     this.db = new Database(path);
     try {
       // One server per state directory: the first write takes SQLite's exclusive lock and keeps it
@@ -164,6 +184,13 @@ export class Store {
     const current = this.schemaVersion;
     if (current > MIGRATIONS.length) {
       throw new Error(`the state database has schema version ${current}, newer than this builder-server knows (${MIGRATIONS.length}); run a newer builder-server`);
+    }
+    // Incremental auto-vacuum: space freed by retention can be handed back a little at a time
+    // (vacuum()) instead of by a full VACUUM. Switching a database to it takes one full VACUUM:
+    // instant on a new one, once on a database made before this setting.
+    if ((this.db.pragma('auto_vacuum', { simple: true }) as number) !== 2) {
+      this.db.pragma('auto_vacuum = INCREMENTAL');
+      this.db.exec('VACUUM');
     }
     for (let version = current; version < MIGRATIONS.length; version++) {
       this.db.transaction(() => {
@@ -202,9 +229,10 @@ export class Store {
         if (existing.platform !== job.platform) cancelled = this.removeQueued(job.name, 'job replaced for another platform', now);
         this.db.prepare('DELETE FROM jobs WHERE name = ?').run(job.name);
       }
-      this.db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, created_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
-        JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, existing?.createdAt ?? job.createdAt);
+      this.db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, keep_runs, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
+        JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, job.keepRuns, existing?.createdAt ?? job.createdAt);
+      if (existing !== null) this.pruneLocked(job.name);
       const enqueued = this.isDropped(job.platform) ? null : this.enqueueLocked(job.name, job.platform, false, now);
       return { replaced: existing !== null, enqueued, cancelled };
     })();
@@ -332,6 +360,67 @@ export class Store {
     const changed = this.db.prepare(`UPDATE runs SET state = 'finished', outcome = ?, finished_at = ?, console_lines = ?
       WHERE uuid = ? AND state != 'finished'`).run(JSON.stringify(outcome), now, consoleLines, uuid).changes;
     if (changed !== 1) throw new StoreError(`run ${uuid} is not queued or running`);
+    const job = (this.db.prepare('SELECT job FROM runs WHERE uuid = ?').get(uuid) as { job: string }).job;
+    this.pruneLocked(job, uuid);
+  }
+
+  /**
+   * Retention: removes the finished runs of a job beyond the newest N it keeps (never `spare`, the
+   * run just finished), with their artifact rows; their console files and artifact files go on the
+   * garbage list, for collectGarbage() once this transaction has committed.
+   */
+  private pruneLocked(job: string, spare: string | null = null): number {
+    const own = (this.db.prepare('SELECT keep_runs FROM jobs WHERE name = ?').get(job) as { keep_runs: number | null } | undefined)?.keep_runs;
+    const keep = own ?? this.keepRuns;
+    if (keep <= 0) return 0;
+    const old = this.db.prepare(`SELECT uuid FROM runs WHERE job = ? AND state = 'finished' AND uuid IS NOT ?
+      ORDER BY finished_at DESC, rowid DESC LIMIT -1 OFFSET ?`).all(job, spare, spare === null ? keep : keep - 1) as { uuid: string }[];
+    const garbage = this.db.prepare('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
+    for (const { uuid } of old) {
+      for (const { sha256 } of this.db.prepare('SELECT DISTINCT sha256 FROM artifacts WHERE run_uuid = ?').all(uuid) as { sha256: string }[]) {
+        garbage.run('artifact', sha256);
+      }
+      garbage.run('console', uuid);
+      this.db.prepare('DELETE FROM artifacts WHERE run_uuid = ?').run(uuid);
+      this.db.prepare('DELETE FROM runs WHERE uuid = ?').run(uuid);
+    }
+    return old.length;
+  }
+
+  /** Applies retention to every job (at start, when --keep-runs may have changed). Returns runs removed. */
+  pruneAll(): number {
+    return this.db.transaction(() => {
+      const jobs = this.db.prepare("SELECT DISTINCT job FROM runs WHERE state = 'finished'").all() as { job: string }[];
+      return jobs.reduce((removed, { job }) => removed + this.pruneLocked(job), 0);
+    })();
+  }
+
+  /** Files waiting to be deleted; an artifact hash is listed only if no run references it now. */
+  garbage(limit = 10_000): { artifacts: string[]; consoles: string[]; referenced: string[] } {
+    const rows = this.db.prepare('SELECT kind, name FROM garbage LIMIT ?').all(limit) as { kind: 'artifact' | 'console'; name: string }[];
+    const isReferenced = this.db.prepare('SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1');
+    const artifacts: string[] = [];
+    const referenced: string[] = [];
+    const consoles: string[] = [];
+    for (const row of rows) {
+      if (row.kind === 'console') consoles.push(row.name);
+      else if (isReferenced.get(row.name) === undefined) artifacts.push(row.name);
+      else referenced.push(row.name);
+    }
+    return { artifacts, consoles, referenced };
+  }
+
+  /** Forgets garbage entries whose files are gone (or, for a hash in use again, were kept). */
+  clearGarbage(kind: 'artifact' | 'console', names: string[]): void {
+    const remove = this.db.prepare('DELETE FROM garbage WHERE kind = ? AND name = ?');
+    this.db.transaction(() => { for (const name of names) remove.run(kind, name); })();
+  }
+
+  /** Returns free pages to the file system (the database is in incremental auto-vacuum mode). */
+  vacuum(): { freedPages: number } {
+    const before = this.db.pragma('freelist_count', { simple: true }) as number;
+    this.db.pragma('incremental_vacuum');
+    return { freedPages: before - (this.db.pragma('freelist_count', { simple: true }) as number) };
   }
 
   /**

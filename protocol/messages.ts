@@ -57,6 +57,8 @@ export const ScheduleRequest = z.object({
   name: Name, platform: Name, source: JobSource, period: Period,
   replace: z.boolean(),
   timeoutSeconds: z.number().int().positive().max(MAX_TIMEOUT_SECONDS).nullable(),
+  /** Finished runs to keep; older ones are removed. Absent or null: the server's --keep-runs. */
+  keepRuns: z.number().int().positive().max(1_000_000).nullable().optional(),
 });
 export const UnscheduleRequest = z.object({ type: z.literal('unschedule'), id: RequestId, name: Name });
 export const ExecuteRequest = z.object({ type: z.literal('execute'), id: RequestId, name: Name });

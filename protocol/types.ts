@@ -126,6 +126,8 @@ export const JobInfo = z.object({
   period: Period,
   nextDue: Timestamp.nullable(),
   timeoutSeconds: z.number().int().positive().nullable(),
+  /** Finished runs kept (older ones removed); null: the server's --keep-runs. */
+  keepRuns: z.number().int().positive().nullable().optional(),
 });
 export type JobInfo = z.infer<typeof JobInfo>;
 

@@ -166,11 +166,14 @@ describe.skipIf(!canBuild)('the Debian package', () => {
       for (const absent of ['/usr/lib/builder/dist/bench', '/usr/lib/builder/dist/bin/builder-dev.js', '/usr/lib/builder/lib', '/usr/lib/builder/test', '/usr/lib/builder/bin']) {
         expect(contents.has(absent)).toBe(false);
       }
-      const templates = [...contents.keys()].filter((f) => f.startsWith('/usr/lib/builder/templates/') && contents.get(f)!.startsWith('-'));
-      const repoTemplates = fs.readdirSync(path.join(src, 'templates'), { recursive: true, withFileTypes: true })
-        .filter((e) => e.isFile()).map((e) => `/usr/lib/builder/templates/${path.relative(path.join(src, 'templates'), path.join(e.parentPath, e.name))}`);
-      expect(templates.sort()).toEqual(repoTemplates.sort());
-      expect(templates.length).toBeGreaterThan(0);
+      // The job templates and the web view's pages, every file of each.
+      for (const dir of ['templates', 'web']) {
+        const shipped = [...contents.keys()].filter((f) => f.startsWith(`/usr/lib/builder/${dir}/`) && contents.get(f)!.startsWith('-'));
+        const inRepo = fs.readdirSync(path.join(src, dir), { recursive: true, withFileTypes: true })
+          .filter((e) => e.isFile()).map((e) => `/usr/lib/builder/${dir}/${path.relative(path.join(src, dir), path.join(e.parentPath, e.name))}`);
+        expect(shipped.sort()).toEqual(inRepo.sort());
+        expect(shipped.length).toBeGreaterThan(0);
+      }
     });
 
     it('holds exactly the production node_modules, better-sqlite3 reduced to its compiled addon', () => {
@@ -339,7 +342,7 @@ describe.skipIf(!canBuild)('the Debian package', () => {
       const uid = Number((await ok('id', ['-u', 'builder'])).trim());
       const gid = Number((await ok('id', ['-g', 'builder'])).trim());
       // Only --listen (an ephemeral port): state dir and templates come from the installed defaults.
-      server = spawn('/usr/bin/builder-server', ['--listen', '127.0.0.1:0'], {
+      server = spawn('/usr/bin/builder-server', ['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0'], {
         cwd: '/', uid, gid, env: { PATH: '/usr/bin:/bin', HOME: '/var/lib/builder', LANG: 'C.UTF-8' }, stdio: ['ignore', 'ignore', 'pipe'],
       });
       server.stderr!.setEncoding('utf8').on('data', (d: string) => { serverLog += d; });
@@ -362,6 +365,12 @@ describe.skipIf(!canBuild)('the Debian package', () => {
       expect(shown.artifacts.map((a) => [a.path, a.size])).toEqual([['out.txt', 'packaged on debian-12\n'.length]]);
       // Rendered from the installed templates (/usr/lib/builder/templates).
       expect(await client(['show', uuid, '--script'])).toContain(`# builder template shell for debian-12: job packaged, run ${uuid}\n`);
+      // The web view, from the installed pages (/usr/lib/builder/web).
+      const web = /web address=(http:\/\/\S+?)\/?\n/.exec(serverLog)?.[1];
+      const page = await fetch(`${web}/run/${uuid}`);
+      expect(page.status).toBe(200);
+      expect(await page.text()).toContain('<title>Run ' + uuid.slice(0, 8) + ' of packaged · builder</title>');
+      expect(await (await fetch(`${web}/run/${uuid}/artifact/out.txt`)).text()).toBe('packaged on debian-12\n');
 
       server.kill('SIGTERM');
       expect(await new Promise((resolve) => server!.once('exit', (code) => resolve(code)))).toBe(0);

@@ -11,12 +11,12 @@ fi
 # python3 make g++: better-sqlite3 compiles from source. git: the git-build template tests.
 # ShellCheck: every shell script is linted. docker.io, podman (+ catatonit, its init): container
 # sandboxes. debootstrap: the base image. dpkg-dev debhelper systemd: the Debian package and
-# `systemd-analyze verify` on its units.
+# `systemd-analyze verify` on its units. chromium: the web view's browser test.
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq \
   python3 make g++ git shellcheck \
   docker.io podman catatonit debootstrap \
-  dpkg-dev debhelper systemd adduser ca-certificates >/dev/null
+  dpkg-dev debhelper systemd adduser ca-certificates chromium >/dev/null
 
 # A Docker daemon: the one systemd started, else our own. Where no bridge can be made (containers
 # here use host networking or none), it runs without one and without touching iptables.

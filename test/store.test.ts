@@ -16,7 +16,7 @@ let dir: string;
 let file: string;
 const open: Store[] = [];
 
-function openStore(options: { strict?: boolean } = {}): Store {
+function openStore(options: { strict?: boolean; keepRuns?: number } = {}): Store {
   const store = new Store(file, options);
   open.push(store);
   return store;
@@ -35,6 +35,7 @@ function job(name: string, overrides: Partial<JobRecord> = {}): JobRecord {
     period: { kind: 'every', seconds: 86400 },
     nextDue: 1_000_000,
     timeoutSeconds: null,
+    keepRuns: null,
     createdAt: 1,
     ...overrides,
   };
@@ -69,13 +70,14 @@ afterEach(() => {
 });
 
 describe('opening and migrations', () => {
-  it('runs the migrations on a new file and sets user_version to their number (1)', () => {
+  it('runs the migrations on a new file and sets user_version to their number (2), in incremental auto-vacuum mode', () => {
     const store = openStore();
-    expect(store.schemaVersion).toBe(1);
-    expect(store.db.pragma('user_version', { simple: true })).toBe(1);
+    expect(store.schemaVersion).toBe(2);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(2);
+    expect(store.db.pragma('auto_vacuum', { simple: true })).toBe(2);
     const tables = (store.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[])
       .map((row) => row.name);
-    expect(tables).toEqual(['artifacts', 'dropped_platforms', 'jobs', 'queue', 'runs']);
+    expect(tables).toEqual(['artifacts', 'dropped_platforms', 'garbage', 'jobs', 'queue', 'runs']);
     expect(fs.existsSync(file)).toBe(true);
   });
 
@@ -97,19 +99,19 @@ describe('opening and migrations', () => {
     const uuid = put(first, job('nightly'));
     closeStore(first);
     const second = openStore();
-    expect(second.schemaVersion).toBe(1);
+    expect(second.schemaVersion).toBe(2);
     expect(second.getJob('nightly')?.name).toBe('nightly');
     expect(second.getRun(uuid)?.state).toBe('queued');
   });
 
-  it('does not re-run migrations on a database that has user_version 1', () => {
-    // A database claiming to be at version 1 but without any tables: if the store ran migration 1 again
-    // the tables would appear.
+  it('does not re-run migrations on a database that has user_version 2', () => {
+    // A database claiming to be at version 2 but without any tables: if the store ran the migrations
+    // again the tables would appear.
     const raw = new Database(file);
-    raw.pragma('user_version = 1');
+    raw.pragma('user_version = 2');
     raw.close();
     const store = openStore();
-    expect(store.schemaVersion).toBe(1);
+    expect(store.schemaVersion).toBe(2);
     expect(store.db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table'").get()).toEqual({ n: 0 });
   });
 
@@ -121,7 +123,7 @@ describe('opening and migrations', () => {
     const error = thrown(() => new Store(file));
     expect(error).toBeInstanceOf(Error);
     expect((error as Error).message).toBe(
-      'the state database has schema version 7, newer than this builder-server knows (1); run a newer builder-server',
+      'the state database has schema version 7, newer than this builder-server knows (2); run a newer builder-server',
     );
     const check = new Database(file);
     expect(check.pragma('user_version', { simple: true })).toBe(7);
@@ -688,5 +690,63 @@ describe('durability across restarts', () => {
     const second = openStore();
     expect(second.runsOfJob('a', 10)).toHaveLength(1);
     expect(second.listJobs()).toHaveLength(1);
+  });
+});
+
+describe('retention', () => {
+  /** Runs job `name` once to completion with these artifacts; returns the run's uuid. */
+  function runOnce(store: Store, name: string, now: number, artifacts: { path: string; size: number; sha256: string }[] = []): string {
+    const uuid = store.enqueue(name, false, now).uuid;
+    store.startRun(uuid, 'w1', SCRIPT, 'make', now + 1);
+    store.finishRun(uuid, { kind: 'exited', code: 0 }, now + 2, artifacts);
+    return uuid;
+  }
+  const SHA = (n: number): string => n.toString(16).padStart(64, '0');
+
+  it('keeps the newest N finished runs of a job, lists the removed files as garbage, and keeps shared hashes', () => {
+    const store = openStore({ keepRuns: 2 });
+    store.putJob(job('a', { nextDue: null, period: { kind: 'never' } }), false, 1);
+    const first = store.queues()['debian-12']?.[0]?.uuid ?? '';
+    store.startRun(first, 'w1', SCRIPT, 'make', 2);
+    store.finishRun(first, { kind: 'exited', code: 0 }, 3, [{ path: 'shared', size: 1, sha256: SHA(1) }, { path: 'own', size: 1, sha256: SHA(2) }]);
+    const second = runOnce(store, 'a', 10, [{ path: 'shared', size: 1, sha256: SHA(1) }, { path: 'own', size: 1, sha256: SHA(3) }]);
+    expect(store.garbage()).toEqual({ artifacts: [], consoles: [], referenced: [] });
+    const third = runOnce(store, 'a', 20, [{ path: 'shared', size: 1, sha256: SHA(1) }]);
+    // The first run is gone with its rows; its own file is garbage, the shared one still in use.
+    expect(store.runsOfJob('a', 10).map((run) => run.uuid)).toEqual([third, second]);
+    expect(store.getRun(first)).toBeNull();
+    expect(store.artifactsOf(first)).toEqual([]);
+    expect(store.garbage()).toEqual({ artifacts: [SHA(2)], consoles: [first], referenced: [SHA(1)] });
+    store.clearGarbage('artifact', [SHA(2), SHA(1)]);
+    store.clearGarbage('console', [first]);
+    expect(store.garbage()).toEqual({ artifacts: [], consoles: [], referenced: [] });
+  });
+
+  it('a job may keep its own number; queued and running runs are never removed', () => {
+    const store = openStore({ keepRuns: 5 });
+    store.putJob(job('b', { keepRuns: 1, nextDue: null, period: { kind: 'never' } }), false, 1);
+    const queuedFirst = store.queues()['debian-12']?.[0]?.uuid ?? '';
+    store.startRun(queuedFirst, 'w1', SCRIPT, 'make', 2);
+    // Running: untouched while the others come and go.
+    const done1 = runOnce(store, 'b', 10);
+    const done2 = runOnce(store, 'b', 20);
+    expect(store.getRun(queuedFirst)?.state).toBe('running');
+    expect(store.getRun(done1)).toBeNull();
+    expect(store.getRun(done2)?.state).toBe('finished');
+  });
+
+  it('pruneAll applies a smaller --keep-runs to the history already there', () => {
+    const keepAll = openStore();
+    keepAll.putJob(job('c', { nextDue: null, period: { kind: 'never' } }), false, 1);
+    const queued = keepAll.queues()['debian-12']?.[0]?.uuid ?? '';
+    keepAll.startRun(queued, 'w1', SCRIPT, 'make', 2);
+    keepAll.finishRun(queued, { kind: 'exited', code: 1 }, 3);
+    const runs = [queued, runOnce(keepAll, 'c', 10), runOnce(keepAll, 'c', 20), runOnce(keepAll, 'c', 30)];
+    expect(keepAll.runsOfJob('c', 10)).toHaveLength(4);
+    closeStore(keepAll);
+    const keepTwo = openStore({ keepRuns: 2 });
+    expect(keepTwo.pruneAll()).toBe(2);
+    expect(keepTwo.runsOfJob('c', 10).map((run) => run.uuid)).toEqual([runs[3], runs[2]]);
+    expect(keepTwo.garbage().consoles.sort()).toEqual([runs[0], runs[1]].sort());
   });
 });
