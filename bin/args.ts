@@ -1,4 +1,5 @@
 /** Argument helpers shared by the three entry points: one-line usage errors and exit status 1. */
+import fs from 'node:fs';
 import { formatDuration, parseDuration } from '../lib/period.js';
 import { parseAddress } from '../protocol/connection.js';
 import { MAX_TIMEOUT_SECONDS } from '../protocol/types.js';
@@ -34,6 +35,23 @@ export function addressOption(program: string, option: string, value: string): s
     usageError(program, `--${option}: ${(error as Error).message}`);
   }
   return value;
+}
+
+/**
+ * The token to present: read from --token-file (its first line), else $BUILDER_TOKEN, else none.
+ * An unreadable or empty file exits 1 naming it.
+ */
+export function tokenOption(program: string, file: string | undefined): string | undefined {
+  if (file === undefined) return process.env.BUILDER_TOKEN?.trim() || undefined;
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    return usageError(program, `--token-file: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+  const token = text.split('\n')[0]?.trim() ?? '';
+  if (token === '') usageError(program, `--token-file: ${file} is empty; it should hold the token printed by builder-server token add`);
+  return token;
 }
 
 export const DEFAULT_REMOTE = '127.0.0.1:1234';

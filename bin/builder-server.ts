@@ -2,11 +2,64 @@
 /** builder-server: keeps jobs, schedules, queues and run history; workers and clients dial in. */
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import fs from 'node:fs';
+import { ROLES, TokenError, Tokens } from '../lib/auth.js';
 import { DEFAULT_SERVER_OPTIONS, startServer } from '../lib/server.js';
 import { DEFAULT_TEMPLATES_DIR, defaultStateDir } from '../lib/platform.js';
 import { addressOption, countOption, durationOption, usageError } from './args.js';
 
 const PROGRAM = 'builder-server';
+
+// builder-server token add|list|revoke: manages the tokens in STATE/auth.sqlite, also while the
+// server runs (that file is not locked by it).
+if (process.argv[2] === 'token') {
+  await yargs(hideBin(process.argv).slice(1))
+    .scriptName(`${PROGRAM} token`)
+    .usage('$0 add NAME --role ROLE | list | revoke NAME  [--state-dir DIR]')
+    .option('state-dir', { type: 'string', describe: 'state directory (default ./var in a checkout, /var/lib/builder when installed)', global: true })
+    .command('add <name>', 'create a token and print it (once) on stdout', (y) => y
+      .positional('name', { type: 'string', demandOption: true })
+      .option('role', { choices: ROLES, demandOption: true, describe: 'viewer, operator, admin or worker' }),
+    (argv) => tokenCommand(argv['state-dir'], (tokens) => {
+      process.stdout.write(`${tokens.add(argv.name, argv.role)}\n`);
+      process.stderr.write(`${PROGRAM}: token ${argv.name} (${argv.role}) created; it is shown only this once\n`);
+    }))
+    .command('list', 'list the tokens: name, role, created', () => {}, (argv) => tokenCommand(argv['state-dir'], (tokens) => {
+      for (const t of tokens.list()) process.stdout.write(`${t.name}\t${t.role}\t${new Date(t.createdAt).toISOString()}\n`);
+    }))
+    .command('revoke <name>', 'delete a token; connections using it are refused from their next request', (y) => y
+      .positional('name', { type: 'string', demandOption: true }),
+    (argv) => tokenCommand(argv['state-dir'], (tokens) => {
+      if (!tokens.revoke(argv.name)) usageError(PROGRAM, `no token named ${argv.name}`);
+      process.stderr.write(`${PROGRAM}: token ${argv.name} revoked\n`);
+    }))
+    .demandCommand(1, 'say add, list or revoke')
+    .strict()
+    .fail((message, error) => usageError(PROGRAM, error?.message ?? message))
+    .help()
+    .version(false)
+    .parseAsync();
+  process.exit(0);
+}
+
+function tokenCommand(stateDir: string | undefined, action: (tokens: Tokens) => void): void {
+  const dir = stateDir ?? defaultStateDir();
+  let tokens: Tokens;
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    tokens = new Tokens(dir);
+  } catch (error) {
+    usageError(PROGRAM, `cannot open the tokens in ${dir}: ${(error as Error).message}`);
+  }
+  try {
+    action(tokens);
+  } catch (error) {
+    if (error instanceof TokenError) usageError(PROGRAM, error.message);
+    throw error;
+  } finally {
+    tokens.close();
+  }
+}
 
 const argv = yargs(hideBin(process.argv))
   .scriptName(PROGRAM)

@@ -8,7 +8,7 @@ import {
   CONTAINER_ENGINES, CONTAINER_NETWORKS, type ContainerOptions, ContainerSandbox, SandboxUnavailable, prepareContainerEngine,
 } from '../lib/sandbox-container.js';
 import { WORKER_EXIT, defaultHostname, runWorker } from '../lib/worker.js';
-import { addressOption, remoteDefault, usageError } from './args.js';
+import { addressOption, remoteDefault, tokenOption, usageError } from './args.js';
 
 const PROGRAM = 'builder-worker';
 
@@ -22,6 +22,7 @@ const argv = yargs(hideBin(process.argv))
   .option('labels', { type: 'string', default: '', describe: 'comma-separated labels this worker announces' })
   .option('loop', { type: 'boolean', default: false, describe: 'keep running jobs instead of exiting after one' })
   .option('hostname', { type: 'string', default: defaultHostname(), describe: 'host name to announce' })
+  .option('token-file', { type: 'string', describe: 'file holding the worker token (default: env BUILDER_TOKEN)' })
   .option('tmp-dir', { type: 'string', describe: 'where per-job builder-XXXXXX directories are made (default: the OS temp dir)' })
   .option('sandbox', { choices: ['process', ...CONTAINER_ENGINES] as const, default: 'process' as const, describe: 'run each job as a plain process group, or in a fresh docker/podman container' })
   .option('image', { type: 'string', describe: 'container image for --sandbox docker|podman, e.g. builder/debian:12' })
@@ -62,5 +63,6 @@ if (argv.sandbox === 'process') {
   sandbox = () => new ContainerSandbox(options);
 }
 
-const code = await runWorker({ platform, remote, labels, loop: argv.loop, hostname: argv.hostname, tmpDir: argv['tmp-dir'], sandbox });
+const token = tokenOption(PROGRAM, argv['token-file']);
+const code = await runWorker({ platform, remote, labels, loop: argv.loop, hostname: argv.hostname, tmpDir: argv['tmp-dir'], sandbox, token });
 process.exit(code);

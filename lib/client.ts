@@ -32,7 +32,7 @@ export class Client {
 
   private constructor(readonly remote: string, readonly conn: Connection, readonly inbox: Inbox<ServerToClient>) {}
 
-  static async open(remote: string): Promise<Client> {
+  static async open(remote: string, token?: string): Promise<Client> {
     let conn: Connection;
     try {
       // The server is trusted to send large replies (info on a big farm): accept frames far above the
@@ -46,7 +46,7 @@ export class Client {
     }
     const inbox = new Inbox(conn, ServerToClient);
     try {
-      await handshake(inbox, { role: 'client', software: SOFTWARE });
+      await handshake(inbox, { role: 'client', software: SOFTWARE, ...(token === undefined ? {} : { token }) });
     } catch (error) {
       if (error instanceof HandshakeRefused) throw new ClientError(error.message, EXIT.server);
       if (error instanceof ConnectionClosed) throw new ClientError(`the server at ${remote} closed the connection during the hello (${error.reason})`, EXIT.server);

@@ -9,14 +9,20 @@ import type { Connection } from '../protocol/connection.js';
 import { tarStream, type TarSource } from '../protocol/artifacts.js';
 import type { ClientMessage } from '../protocol/messages.js';
 import { describeOutcome } from '../protocol/types.js';
+import { type Identity, OPEN_IDENTITY, mayChangeJob } from './auth.js';
 import { checkCron, describePeriod, nextDue } from './period.js';
 import type { ServerContext } from './server.js';
-import { StoreError } from './store.js';
+import { type JobRecord, StoreError } from './store.js';
 import { TemplateError } from './templates.js';
+
+function notYours(job: JobRecord, verb: string): string {
+  const owner = job.owner === null || job.owner === undefined ? 'no token (it was made before tokens existed)' : `token ${job.owner}`;
+  return `permission denied: job ${job.name} belongs to ${owner}; only its owner (an operator) or an admin may ${verb} it`;
+}
 
 const PLACEHOLDER_UUID = '00000000-0000-0000-0000-000000000000';
 
-export async function handleClientMessage(context: ServerContext, conn: Connection, message: ClientMessage): Promise<void> {
+export async function handleClientMessage(context: ServerContext, conn: Connection, message: ClientMessage, identity: Identity = OPEN_IDENTITY): Promise<void> {
   const { store, log } = context;
   const fail = (text: string): void => {
     log('refuse', { peer: conn.peer, request: message.type, reason: text });
@@ -43,9 +49,12 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
           context.templates.render(message.source.template, message.platform, message.source.vars,
             { job: message.name, platform: message.platform, uuid: PLACEHOLDER_UUID });
         }
+        const existing = store.getJob(message.name);
+        if (existing !== null && message.replace && !mayChangeJob(identity, existing.owner ?? null)) return fail(notYours(existing, 'replace'));
         const { replaced, enqueued, cancelled } = store.putJob({
           name: message.name, platform: message.platform, source: message.source, period: message.period,
-          nextDue: nextDue(message.period, now), timeoutSeconds: message.timeoutSeconds, keepRuns: message.keepRuns ?? null, createdAt: now,
+          nextDue: nextDue(message.period, now), timeoutSeconds: message.timeoutSeconds, keepRuns: message.keepRuns ?? null,
+          owner: identity.name, createdAt: now,
         }, message.replace, now);
         log('schedule', { peer: conn.peer, job: message.name, platform: message.platform, period: describePeriod(message.period), replaced });
         context.scheduler.rearm();
@@ -62,6 +71,8 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         return;
       }
       case 'unschedule': {
+        const job = store.getJob(message.name);
+        if (job !== null && !mayChangeJob(identity, job.owner ?? null)) return fail(notYours(job, 'unschedule'));
         const { existed, cancelled } = store.deleteJob(message.name, now);
         if (!existed) return fail(`unknown job ${message.name}`);
         log('unschedule', { peer: conn.peer, job: message.name });

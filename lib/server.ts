@@ -10,6 +10,7 @@ import { Connection, formatAddress, parseAddress } from '../protocol/connection.
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/frame.js';
 import { ClientMessage, Hello, PROTOCOL_VERSION, parseWith } from '../protocol/messages.js';
 import { ArtifactFiles } from './artifact-files.js';
+import { type Identity, OPEN_IDENTITY, REQUIRED_ROLE, Tokens, allows, isLoopback } from './auth.js';
 import { ConsoleStore } from './console-log.js';
 import { type Logger, stderrLogger } from './log.js';
 import { ObserverHub } from './observers.js';
@@ -74,6 +75,7 @@ export interface ServerContext {
   scheduler: Scheduler;
   dispatcher: Dispatcher;
   retention: Retention;
+  tokens: Tokens;
   log: Logger;
 }
 
@@ -94,7 +96,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const artifacts = new ArtifactFiles(path.join(options.stateDir, 'artifacts'), options.strict);
   const templates = new Templates(options.templatesDir);
   const hub = new ObserverHub(consoles, { maxBacklogBytes: options.observerBacklogBytes });
-  const context = { options, store, consoles, artifacts, templates, hub, log } as ServerContext;
+  const tokens = new Tokens(options.stateDir);
+  const context = { options, store, consoles, artifacts, templates, hub, tokens, log } as ServerContext;
   context.dispatcher = new Dispatcher(context);
   context.scheduler = new Scheduler(store, (runs) => context.dispatcher.queued(runs),
     (error) => log('error', { during: 'scheduling', problem: error.message }));
@@ -122,6 +125,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const bound = server.address() as net.AddressInfo;
   const address = formatAddress(bound.address, bound.port);
   log('listening', { address, state: options.stateDir, templates: options.templatesDir, schema: store.schemaVersion });
+  const tokenCount = tokens.count;
+  if (tokenCount === 0) log('open', { note: 'no tokens: every loopback connection may do anything, others are refused; add one with builder-server token add' });
+  else log('auth', { tokens: tokenCount });
   let web: RunningWeb | null = null;
   if (options.http !== null) {
     try {
@@ -145,6 +151,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       for (const conn of connections) conn.socket.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       store.close();
+      tokens.close();
     },
   };
 }
@@ -153,7 +160,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 function accept(context: ServerContext, conn: Connection, forget: () => void): void {
   const { log, options } = context;
   log('connect', { peer: conn.peer });
-  let role: 'hello' | 'client' | 'worker' = 'hello';
+  let role: 'hello' | 'refused' | 'client' | 'worker' = 'hello';
+  let identity: Identity = OPEN_IDENTITY;
   let onWorkerMessage: ((value: unknown) => void) | null = null;
   let onWorkerClose: ((reason: string) => void) | null = null;
   const helloTimer = setTimeout(() => {
@@ -172,7 +180,14 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
           else conn.fail(parsed.error);
           return;
         }
-        handleClientMessage(context, conn, parsed.message).catch((error: Error) => {
+        const problem = permissionProblem(context, identity, parsed.message.type);
+        if (problem !== null) {
+          log('refuse', { peer: conn.peer, token: identity.name ?? '-', request: parsed.message.type, reason: problem });
+          if (context.tokens.roleOf(identity.name ?? '') === null && identity.name !== null) conn.fail(problem);
+          else conn.send({ type: 'failure', id: parsed.message.id, message: problem });
+          return;
+        }
+        handleClientMessage(context, conn, parsed.message, identity).catch((error: Error) => {
           log('error', { peer: conn.peer, request: parsed.message.type, problem: error.stack ?? error.message });
           conn.send({ type: 'failure', id: parsed.message.id, message: `internal error: ${error.message}` });
         });
@@ -182,6 +197,7 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
         onWorkerMessage?.(value);
         return;
       }
+      if (role === 'refused') return;
       clearTimeout(helloTimer);
       // The version is compared before the rest of the hello is validated: a peer of another version
       // may shape its hello differently, and deserves the version sentence, not a schema error.
@@ -202,13 +218,23 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
         return;
       }
       const hello = parsed.message;
+      const who = authenticate(context, hello, conn.socket.remoteAddress ?? '');
+      if (typeof who === 'string') {
+        // Refused. A wrong token waits a little before it hears so, and never learns which part was
+        // wrong: guessing stays slow.
+        role = 'refused';
+        log('refuse', { peer: conn.peer, role: hello.role, reason: who });
+        setTimeout(() => conn.fail(who), hello.token === undefined ? 0 : BAD_TOKEN_DELAY_MS);
+        return;
+      }
+      identity = who;
       conn.send({
         type: 'welcome', version: PROTOCOL_VERSION, software: SOFTWARE,
         heartbeatSeconds: options.heartbeatSeconds, maxFrameBytes: options.maxFrameBytes,
       });
       if (hello.role === 'client') {
         role = 'client';
-        log('hello', { peer: conn.peer, role: 'client', software: hello.software });
+        log('hello', { peer: conn.peer, role: 'client', token: identity.name ?? '-', software: hello.software });
       } else {
         role = 'worker';
         const session = context.dispatcher.addWorker(conn, hello);
@@ -224,4 +250,36 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
       log('disconnect', { peer: conn.peer, role, reason });
     },
   });
+}
+
+const BAD_TOKEN_DELAY_MS = 300;
+
+/** Who a hello speaks for, or why it is refused (one line saying what to do). */
+function authenticate(context: ServerContext, hello: Hello, address: string): Identity | string {
+  const { tokens } = context;
+  if (tokens.count === 0) {
+    if (isLoopback(address)) return OPEN_IDENTITY;
+    return 'this server has no tokens yet, so it accepts loopback connections only; '
+      + 'create one on the server with builder-server token add NAME --role ROLE';
+  }
+  if (hello.token === undefined) {
+    return 'this server requires a token: give --token-file FILE or set BUILDER_TOKEN';
+  }
+  const identity = tokens.check(hello.token);
+  if (identity === null) return 'invalid token';
+  if (hello.role === 'worker' && identity.role !== 'worker') return `token ${identity.name} has the ${identity.role} role; a worker needs a worker token`;
+  if (hello.role === 'client' && identity.role === 'worker') return `token ${identity.name} is a worker token; clients need a viewer, operator or admin token`;
+  return identity;
+}
+
+/** Why this identity may not make this request now (null: it may). */
+function permissionProblem(context: ServerContext, identity: Identity, request: ClientMessage['type']): string | null {
+  if (identity.name === null) return null;
+  // Revoked, or its role changed, since the hello.
+  const current = context.tokens.roleOf(identity.name);
+  if (current === null) return `token ${identity.name} was revoked`;
+  const now: Identity = { name: identity.name, role: current };
+  const needed = REQUIRED_ROLE[request];
+  if (allows(now, needed)) return null;
+  return `permission denied: ${request} needs the ${needed} role or higher; token ${identity.name} has the ${current} role`;
 }

@@ -80,6 +80,11 @@ const MIGRATIONS: string[] = [
     PRIMARY KEY (kind, name)
   );
   `,
+  `
+  -- The token that created a job (NULL: made without tokens): operators may unschedule or replace
+  -- only their own jobs.
+  ALTER TABLE jobs ADD COLUMN owner TEXT;
+  `,
 ];
 
 export interface JobRecord {
@@ -91,12 +96,14 @@ export interface JobRecord {
   timeoutSeconds: number | null;
   /** Finished runs to keep (older ones are removed); null: the server's default. */
   keepRuns: number | null;
+  /** The name of the token that created the job; null when made on a server without tokens. */
+  owner?: string | null;
   createdAt: number;
 }
 
 interface JobRow {
   name: string; platform: string; source: string; period: string; next_due: number | null;
-  timeout_s: number | null; keep_runs: number | null; created_at: number;
+  timeout_s: number | null; keep_runs: number | null; owner: string | null; created_at: number;
 }
 interface RunRow {
   uuid: string; job: string; platform: string; state: RunState; worker: string | null; source: string | null;
@@ -113,6 +120,7 @@ function toJob(row: JobRow): JobRecord {
     nextDue: row.next_due,
     timeoutSeconds: row.timeout_s,
     keepRuns: row.keep_runs,
+    owner: row.owner,
     createdAt: row.created_at,
   };
 }
@@ -229,9 +237,9 @@ export class Store {
         if (existing.platform !== job.platform) cancelled = this.removeQueued(job.name, 'job replaced for another platform', now);
         this.db.prepare('DELETE FROM jobs WHERE name = ?').run(job.name);
       }
-      this.db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, keep_runs, created_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
-        JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, job.keepRuns, existing?.createdAt ?? job.createdAt);
+      this.db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, keep_runs, owner, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
+        JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, job.keepRuns, job.owner ?? null, existing?.createdAt ?? job.createdAt);
       if (existing !== null) this.pruneLocked(job.name);
       const enqueued = this.isDropped(job.platform) ? null : this.enqueueLocked(job.name, job.platform, false, now);
       return { replaced: existing !== null, enqueued, cancelled };

@@ -12,6 +12,7 @@ import { formatAddress, parseAddress } from '../protocol/connection.js';
 import type { Artifact, ConsoleLine, RunDetail } from '../protocol/types.js';
 import { UUID_PATTERN } from '../protocol/types.js';
 import { runStatus, toJson } from './client-commands.js';
+import { isLoopback } from './auth.js';
 import type { ObserverSink } from './observers.js';
 import { describePeriod } from './period.js';
 import type { ServerContext } from './server.js';
@@ -43,7 +44,10 @@ export interface RunningWeb {
 
 export async function startWeb(context: ServerContext, listen: string): Promise<RunningWeb> {
   const pages = new Pages();
-  const web = new WebView(context, pages);
+  const { host } = parseAddress(listen);
+  // On loopback the view is as open as the machine; beyond it, once tokens exist, a viewer token
+  // (or higher) is asked for: HTTP Basic (any user name, the token as password) or a Bearer header.
+  const web = new WebView(context, pages, !isLoopback(host));
   const sockets = new Set<import('node:net').Socket>();
   const server = http.createServer((req, res) => {
     web.handle(req, res).catch((error: Error) => {
@@ -56,7 +60,7 @@ export async function startWeb(context: ServerContext, listen: string): Promise<
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
   });
-  const { host, port } = parseAddress(listen);
+  const { port } = parseAddress(listen);
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) => reject(new Error(error.code === 'EADDRINUSE'
       ? `cannot serve the web view on ${listen}: the address is already in use (choose another with --http)`
@@ -96,10 +100,40 @@ export function contentTypeOf(file: string): string {
   return CONTENT_TYPES[path.extname(file).toLowerCase()] ?? 'application/octet-stream';
 }
 
+/** The token in an Authorization header: `Bearer TOKEN`, or Basic with the token as password. */
+function presentedToken(req: http.IncomingMessage): string | null {
+  const header = req.headers.authorization ?? '';
+  if (header.startsWith('Bearer ')) return header.slice(7).trim();
+  if (header.startsWith('Basic ')) {
+    const decoded = Buffer.from(header.slice(6).trim(), 'base64').toString('utf8');
+    return decoded.slice(decoded.indexOf(':') + 1);
+  }
+  return null;
+}
+
 class WebView {
-  constructor(private readonly context: ServerContext, private readonly pages: Pages) {}
+  constructor(private readonly context: ServerContext, private readonly pages: Pages, private readonly exposed: boolean) {}
+
+  /** Null when the request may see the view; otherwise why not. */
+  private refusal(req: http.IncomingMessage): string | null {
+    if (this.context.tokens.count === 0) {
+      return this.exposed && !isLoopback(req.socket.remoteAddress ?? '') ? 'this server has no tokens yet, so its web view answers loopback only' : null;
+    }
+    if (!this.exposed) return null;
+    const token = presentedToken(req);
+    if (token === null) return 'a viewer token is needed: give it as the password (any user name)';
+    const identity = this.context.tokens.check(token);
+    if (identity === null || identity.role === 'worker') return 'invalid token';
+    return null;
+  }
 
   async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const refused = this.refusal(req);
+    if (refused !== null) {
+      res.setHeader('WWW-Authenticate', 'Basic realm="builder", charset="UTF-8"');
+      this.fail(req, res, 401, refused);
+      return;
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.setHeader('Allow', 'GET, HEAD');
       this.fail(req, res, 405, `${req.method ?? '?'} is not allowed: the web view is read-only`);

@@ -31,6 +31,8 @@ export interface WorkerOptions {
   say?: (line: string) => void;
   /** A factory for the sandbox each job runs in. */
   sandbox?: () => Sandbox;
+  /** The worker token, when the server has tokens. */
+  token?: string;
 }
 
 /** Exit statuses of builder-worker. */
@@ -109,6 +111,7 @@ async function connect(options: WorkerOptions, say: (line: string) => void): Pro
     try {
       const welcome = await handshake(inbox, {
         role: 'worker', software: SOFTWARE, platform: options.platform, labels: options.labels, hostname: options.hostname,
+        ...(options.token === undefined ? {} : { token: options.token }),
       });
       say(`connected to ${options.remote} (${welcome.software}) as a ${options.platform} worker`);
       return { conn, inbox, welcome };

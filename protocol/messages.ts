@@ -29,6 +29,8 @@ export const Hello = z.object({
   platform: Name.optional(),
   labels: z.array(Label).max(64).optional(),
   hostname: z.string().min(1).max(256).optional(),
+  /** The bearer token, when the server has tokens (builder-server token add). */
+  token: z.string().min(1).max(256).optional(),
 }).superRefine((hello, ctx) => {
   if (hello.role === 'worker' && (hello.platform === undefined || hello.hostname === undefined)) {
     ctx.addIssue({ code: 'custom', message: 'a worker hello must name its platform and hostname' });
