@@ -1,7 +1,7 @@
 /** Argument helpers shared by the three entry points: one-line usage errors and exit status 1. */
 import fs from 'node:fs';
 import { formatDuration, parseDuration } from '../lib/period.js';
-import { parseAddress } from '../protocol/connection.js';
+import { type DialTls, parseAddress } from '../protocol/connection.js';
 import { MAX_TIMEOUT_SECONDS } from '../protocol/types.js';
 
 export function usageError(program: string, message: string): never {
@@ -52,6 +52,27 @@ export function tokenOption(program: string, file: string | undefined): string |
   const token = text.split('\n')[0]?.trim() ?? '';
   if (token === '') usageError(program, `--token-file: ${file} is empty; it should hold the token printed by builder-server token add`);
   return token;
+}
+
+function readOption(program: string, option: string, file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (error) {
+    return usageError(program, `--${option}: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+}
+
+/** Client and worker: TLS with the CAs in --tls-ca, or the system's with --tls; null: plain TCP. */
+export function dialTlsOption(program: string, caFile: string | undefined, useTls: boolean): DialTls | null {
+  if (caFile !== undefined) return { ca: readOption(program, 'tls-ca', caFile) };
+  return useTls ? { ca: null } : null;
+}
+
+/** Server: --tls-cert and --tls-key, both or neither. */
+export function serverTlsOption(program: string, certFile: string | undefined, keyFile: string | undefined): { cert: Buffer; key: Buffer } | null {
+  if (certFile === undefined && keyFile === undefined) return null;
+  if (certFile === undefined || keyFile === undefined) usageError(program, 'give both --tls-cert and --tls-key, or neither');
+  return { cert: readOption(program, 'tls-cert', certFile), key: readOption(program, 'tls-key', keyFile) };
 }
 
 export const DEFAULT_REMOTE = '127.0.0.1:1234';

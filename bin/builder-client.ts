@@ -11,18 +11,20 @@ import * as commands from '../lib/client-commands.js';
 import { parseTime, periodFromOptions } from '../lib/period.js';
 import type { JobSource, Period } from '../protocol/types.js';
 import { NAME_PATTERN } from '../protocol/types.js';
-import { countOption, durationOption, remoteDefault, tokenOption, usageError } from './args.js';
+import { countOption, dialTlsOption, durationOption, remoteDefault, tokenOption, usageError } from './args.js';
+import type { DialTls } from '../protocol/connection.js';
 
 const PROGRAM = 'builder-client';
 /** Set from --token-file or $BUILDER_TOKEN before any command runs. */
 let token: string | undefined;
+let tls: DialTls | null = null;
 
 /** Runs one command against the server and exits with its status. */
 async function withClient(remote: string, action: (client: Client) => Promise<number>): Promise<never> {
   let code: number;
   let client: Client | null = null;
   try {
-    client = await Client.open(remote, token);
+    client = await Client.open(remote, token, tls);
     code = await action(client);
   } catch (error) {
     if (!(error instanceof ClientError)) throw error;
@@ -100,7 +102,12 @@ await yargs(hideBin(process.argv))
     + 'could not be reached, 3 the observed run failed.')
   .option('remote', { type: 'string', default: remoteDefault(), describe: 'server HOST:PORT (env BUILDER_REMOTE)', global: true })
   .option('token-file', { type: 'string', describe: 'file holding the token to present (default: env BUILDER_TOKEN)', global: true })
-  .middleware((argv) => { token = tokenOption(PROGRAM, argv['token-file']); })
+  .option('tls-ca', { type: 'string', describe: 'connect over TLS, trusting the CA certificates (PEM) in this file', global: true })
+  .option('tls', { type: 'boolean', default: false, describe: "connect over TLS, trusting the system's CAs", global: true })
+  .middleware((argv) => {
+    token = tokenOption(PROGRAM, argv['token-file']);
+    tls = dialTlsOption(PROGRAM, argv['tls-ca'], argv.tls);
+  })
   .command('schedule <name> <platform> <script>', 'add a job running SCRIPT_FILE; queue it now and on its schedule (default daily)',
     (y) => scheduleOptions(y.positional('name', { type: 'string', demandOption: true })
       .positional('platform', { type: 'string', demandOption: true }).positional('script', { type: 'string', demandOption: true, describe: 'script file, - for stdin' })),

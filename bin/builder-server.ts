@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { ROLES, TokenError, Tokens } from '../lib/auth.js';
 import { DEFAULT_SERVER_OPTIONS, startServer } from '../lib/server.js';
 import { DEFAULT_TEMPLATES_DIR, defaultStateDir } from '../lib/platform.js';
-import { addressOption, countOption, durationOption, usageError } from './args.js';
+import { addressOption, countOption, durationOption, serverTlsOption, usageError } from './args.js';
 
 const PROGRAM = 'builder-server';
 
@@ -71,6 +71,9 @@ const argv = yargs(hideBin(process.argv))
   .option('heartbeat', { type: 'string', default: '10s', describe: 'how often running workers send heartbeats; 3 missed = worker lost' })
   .option('max-frame-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxFrameBytes, describe: 'largest protocol frame accepted' })
   .option('strict', { type: 'boolean', default: false, describe: 'fsync every commit (survives power loss, slower)' })
+  .option('tls-cert', { type: 'string', describe: 'certificate (PEM) for TLS on the builder port and the web view' })
+  .option('tls-key', { type: 'string', describe: 'private key (PEM) of --tls-cert' })
+  .option('allow-plaintext', { type: 'boolean', default: false, describe: 'listen beyond loopback without TLS (trusted networks only)' })
   .option('keep-runs', { type: 'number', default: 0, describe: 'finished runs kept per job, older ones removed with their consoles and artifacts (0: keep all; a job may set its own)' })
   .option('vacuum-every', { type: 'string', default: '1h', describe: 'how often free database pages are handed back to the file system' })
   .option('http', { type: 'string', describe: 'serve the read-only web view on HOST:PORT, e.g. 127.0.0.1:8080 (off by default)' })
@@ -95,6 +98,8 @@ try {
     maxFrameBytes,
     strict: argv.strict,
     http: argv.http === undefined ? null : addressOption(PROGRAM, 'http', argv.http),
+    tls: serverTlsOption(PROGRAM, argv['tls-cert'], argv['tls-key']),
+    allowPlaintext: argv['allow-plaintext'],
     keepRuns: argv['keep-runs'] === 0 ? 0 : countOption(PROGRAM, 'keep-runs', argv['keep-runs']),
     vacuumIntervalSeconds: Math.max(1, durationOption(PROGRAM, 'vacuum-every', argv['vacuum-every'], 7 * 86400)),
   });

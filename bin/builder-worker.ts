@@ -8,7 +8,7 @@ import {
   CONTAINER_ENGINES, CONTAINER_NETWORKS, type ContainerOptions, ContainerSandbox, SandboxUnavailable, prepareContainerEngine,
 } from '../lib/sandbox-container.js';
 import { WORKER_EXIT, defaultHostname, runWorker } from '../lib/worker.js';
-import { addressOption, remoteDefault, tokenOption, usageError } from './args.js';
+import { addressOption, dialTlsOption, remoteDefault, tokenOption, usageError } from './args.js';
 
 const PROGRAM = 'builder-worker';
 
@@ -22,6 +22,8 @@ const argv = yargs(hideBin(process.argv))
   .option('labels', { type: 'string', default: '', describe: 'comma-separated labels this worker announces' })
   .option('loop', { type: 'boolean', default: false, describe: 'keep running jobs instead of exiting after one' })
   .option('hostname', { type: 'string', default: defaultHostname(), describe: 'host name to announce' })
+  .option('tls-ca', { type: 'string', describe: 'dial over TLS, trusting the CA certificates (PEM) in this file' })
+  .option('tls', { type: 'boolean', default: false, describe: "dial over TLS, trusting the system's CAs" })
   .option('token-file', { type: 'string', describe: 'file holding the worker token (default: env BUILDER_TOKEN)' })
   .option('tmp-dir', { type: 'string', describe: 'where per-job builder-XXXXXX directories are made (default: the OS temp dir)' })
   .option('sandbox', { choices: ['process', ...CONTAINER_ENGINES] as const, default: 'process' as const, describe: 'run each job as a plain process group, or in a fresh docker/podman container' })
@@ -64,5 +66,7 @@ if (argv.sandbox === 'process') {
 }
 
 const token = tokenOption(PROGRAM, argv['token-file']);
-const code = await runWorker({ platform, remote, labels, loop: argv.loop, hostname: argv.hostname, tmpDir: argv['tmp-dir'], sandbox, token });
+const code = await runWorker({ platform, remote, labels, loop: argv.loop, hostname: argv.hostname, tmpDir: argv['tmp-dir'], sandbox, token,
+  tls: dialTlsOption(PROGRAM, argv['tls-ca'], argv.tls),
+});
 process.exit(code);

@@ -48,6 +48,7 @@ export function mayChangeJob(identity: Identity, owner: string | null): boolean 
 
 export function isLoopback(address: string): boolean {
   const host = address.replace(/^::ffff:/, '');
+  if (host === 'localhost') return true;
   return net.isIPv4(host) ? host.startsWith('127.') : host === '::1';
 }
 

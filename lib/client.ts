@@ -2,7 +2,7 @@
  * The client's connection to the server: dial, hello, then one request at a time, each reply matched
  * by its request id. Knows only the protocol. Errors carry the exit status builder-client ends with.
  */
-import { type Connection, dial } from '../protocol/connection.js';
+import { type Connection, type DialTls, dial, dialProblem } from '../protocol/connection.js';
 import { HandshakeRefused, handshake } from '../protocol/handshake.js';
 import { ConnectionClosed, Inbox } from '../protocol/inbox.js';
 import { type ClientMessage, ServerToClient } from '../protocol/messages.js';
@@ -32,16 +32,17 @@ export class Client {
 
   private constructor(readonly remote: string, readonly conn: Connection, readonly inbox: Inbox<ServerToClient>) {}
 
-  static async open(remote: string, token?: string): Promise<Client> {
+  static async open(remote: string, token?: string, tls: DialTls | null = null): Promise<Client> {
     let conn: Connection;
     try {
       // The server is trusted to send large replies (info on a big farm): accept frames far above the
       // 16 MiB the server allows its peers.
-      conn = await dial(remote, 256 * 1024 * 1024);
+      conn = await dial(remote, 256 * 1024 * 1024, 10_000, tls);
     } catch (error) {
       if (error instanceof Error && error.message.startsWith('invalid address')) throw new ClientError(error.message, EXIT.usage);
-      const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-      throw new ClientError(`cannot reach the server at ${remote} (${reason}): is builder-server running there? `
+      const problem = dialProblem(error);
+      if (problem.tls) throw new ClientError(`TLS with the server at ${remote} failed: ${problem.reason}`, EXIT.server);
+      throw new ClientError(`cannot reach the server at ${remote} (${problem.reason}): is builder-server running there? `
         + '--remote HOST:PORT or the environment variable BUILDER_REMOTE sets the address', EXIT.server);
     }
     const inbox = new Inbox(conn, ServerToClient);
@@ -49,7 +50,10 @@ export class Client {
       await handshake(inbox, { role: 'client', software: SOFTWARE, ...(token === undefined ? {} : { token }) });
     } catch (error) {
       if (error instanceof HandshakeRefused) throw new ClientError(error.message, EXIT.server);
-      if (error instanceof ConnectionClosed) throw new ClientError(`the server at ${remote} closed the connection during the hello (${error.reason})`, EXIT.server);
+      if (error instanceof ConnectionClosed) {
+        throw new ClientError(`the server at ${remote} closed the connection during the hello (${error.reason})`
+          + (tls === null ? '; if it uses TLS, give --tls-ca FILE or --tls' : ''), EXIT.server);
+      }
       throw error;
     }
     return new Client(remote, conn, inbox);

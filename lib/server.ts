@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import path from 'node:path';
 import { Connection, formatAddress, parseAddress } from '../protocol/connection.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/frame.js';
@@ -42,6 +43,10 @@ export interface ServerOptions {
   strict: boolean;
   /** HOST:PORT for the read-only web view, or null for none. */
   http: string | null;
+  /** Certificate and key (PEM) for TLS on the builder port and the web view; null: plain. */
+  tls: { cert: Buffer; key: Buffer } | null;
+  /** Listen beyond loopback without TLS (a trusted network only). */
+  allowPlaintext: boolean;
   /** Finished runs kept per job (a job may set its own); 0 keeps all. */
   keepRuns: number;
   /** How often free database pages are handed back to the file system. */
@@ -59,6 +64,8 @@ export const DEFAULT_SERVER_OPTIONS: Omit<ServerOptions, 'stateDir' | 'templates
   maxArtifactBytes: 64 * 1024 * 1024 * 1024,
   strict: false,
   http: null,
+  tls: null,
+  allowPlaintext: false,
   keepRuns: 0,
   vacuumIntervalSeconds: 3600,
   log: stderrLogger,
@@ -88,8 +95,18 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** Refuses a plaintext listener beyond loopback unless --allow-plaintext says the network is trusted. */
+export function plaintextProblem(what: string, listen: string, options: Pick<ServerOptions, 'tls' | 'allowPlaintext'>): string | null {
+  if (options.tls !== null || options.allowPlaintext || isLoopback(parseAddress(listen).host)) return null;
+  return `refusing to serve ${what} on ${listen} without TLS: anyone on the network could read tokens and run code on the workers; `
+    + 'give --tls-cert FILE --tls-key FILE, or --allow-plaintext if this network is trusted';
+}
+
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const log = options.log;
+  const refused = plaintextProblem('the builder protocol', options.listen, options)
+    ?? (options.http === null ? null : plaintextProblem('the web view', options.http, options));
+  if (refused !== null) throw new Error(refused);
   fs.mkdirSync(options.stateDir, { recursive: true });
   const store = new Store(path.join(options.stateDir, 'builder.sqlite'), { strict: options.strict, keepRuns: options.keepRuns });
   const consoles = new ConsoleStore(path.join(options.stateDir, 'console'), options.strict);
@@ -108,10 +125,15 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   context.scheduler.rearm();
 
   const connections = new Set<Connection>();
-  const server = net.createServer((socket) => {
+  const onSocket = (socket: net.Socket): void => {
     const conn = new Connection(socket, options.maxFrameBytes);
     connections.add(conn);
     accept(context, conn, () => connections.delete(conn));
+  };
+  const server = options.tls === null ? net.createServer(onSocket) : tls.createServer({ cert: options.tls.cert, key: options.tls.key }, onSocket);
+  // A peer that does not speak TLS (or distrusts our certificate) fails here, before any hello.
+  server.on('tlsClientError', (error: Error, socket: tls.TLSSocket) => {
+    log('error', { peer: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, problem: `TLS handshake failed: ${(error as NodeJS.ErrnoException).code ?? error.message}` });
   });
   const { host, port } = parseAddress(options.listen);
   await new Promise<void>((resolve, reject) => {
@@ -124,7 +146,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   });
   const bound = server.address() as net.AddressInfo;
   const address = formatAddress(bound.address, bound.port);
-  log('listening', { address, state: options.stateDir, templates: options.templatesDir, schema: store.schemaVersion });
+  log('listening', { address, tls: options.tls === null ? 'off' : 'on', state: options.stateDir, templates: options.templatesDir, schema: store.schemaVersion });
   const tokenCount = tokens.count;
   if (tokenCount === 0) log('open', { note: 'no tokens: every loopback connection may do anything, others are refused; add one with builder-server token add' });
   else log('auth', { tokens: tokenCount });

@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
 import type { ServerToClient } from '../protocol/messages.js';
 import { formatAddress, parseAddress } from '../protocol/connection.js';
@@ -49,13 +50,15 @@ export async function startWeb(context: ServerContext, listen: string): Promise<
   // (or higher) is asked for: HTTP Basic (any user name, the token as password) or a Bearer header.
   const web = new WebView(context, pages, !isLoopback(host));
   const sockets = new Set<import('node:net').Socket>();
-  const server = http.createServer((req, res) => {
+  const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     web.handle(req, res).catch((error: Error) => {
       context.log('error', { during: 'web request', url: req.url ?? '', problem: error.stack ?? error.message });
       if (!res.headersSent) web.fail(req, res, 500, `internal error: ${error.message}`);
       else res.destroy();
     });
-  });
+  };
+  const tlsFiles = context.options.tls;
+  const server = tlsFiles === null ? http.createServer(onRequest) : https.createServer({ cert: tlsFiles.cert, key: tlsFiles.key }, onRequest);
   server.on('connection', (socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
@@ -69,7 +72,7 @@ export async function startWeb(context: ServerContext, listen: string): Promise<
   });
   const bound = server.address() as import('node:net').AddressInfo;
   const address = formatAddress(bound.address, bound.port);
-  context.log('web', { address: `http://${address}/` });
+  context.log('web', { address: `${tlsFiles === null ? 'http' : 'https'}://${address}/` });
   return {
     address,
     close: () => new Promise<void>((resolve) => {

@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import { tarStream } from '../protocol/artifacts.js';
-import { type Connection, dial } from '../protocol/connection.js';
+import { type Connection, type DialTls, dial, dialProblem } from '../protocol/connection.js';
 import { HandshakeRefused, handshake } from '../protocol/handshake.js';
 import { ConnectionClosed, Inbox } from '../protocol/inbox.js';
 import { type JobAssignment, ServerToWorker, type Welcome } from '../protocol/messages.js';
@@ -33,6 +33,8 @@ export interface WorkerOptions {
   sandbox?: () => Sandbox;
   /** The worker token, when the server has tokens. */
   token?: string;
+  /** Dial the server over TLS (trusting these CAs, or the system's); null or absent: plain TCP. */
+  tls?: DialTls | null;
 }
 
 /** Exit statuses of builder-worker. */
@@ -99,9 +101,11 @@ async function connect(options: WorkerOptions, say: (line: string) => void): Pro
   for (;;) {
     let conn: Connection;
     try {
-      conn = await dial(options.remote);
+      conn = await dial(options.remote, undefined, 10_000, options.tls ?? null);
     } catch (error) {
-      const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      const { reason, tls } = dialProblem(error);
+      // A certificate problem does not go away by waiting: the worker stops and says why.
+      if (tls) throw new HandshakeRefused(`TLS with the server at ${options.remote} failed: ${reason}`);
       say(`cannot reach the server at ${options.remote} (${reason}); retrying in ${(delay / 1000).toFixed(1)}s (--remote or BUILDER_REMOTE sets the address)`);
       await new Promise((resolve) => setTimeout(resolve, delay));
       delay = Math.min(delay * 2, options.maxBackoffMs ?? 30_000);
@@ -117,7 +121,8 @@ async function connect(options: WorkerOptions, say: (line: string) => void): Pro
       return { conn, inbox, welcome };
     } catch (error) {
       if (error instanceof ConnectionClosed) {
-        say(`the connection to ${options.remote} closed during the hello (${error.reason}); retrying in ${(delay / 1000).toFixed(1)}s`);
+        say(`the connection to ${options.remote} closed during the hello (${error.reason}); retrying in ${(delay / 1000).toFixed(1)}s`
+          + (options.tls === undefined || options.tls === null ? ' (if the server uses TLS, give --tls-ca FILE or --tls)' : ''));
         await new Promise((resolve) => setTimeout(resolve, delay));
         delay = Math.min(delay * 2, options.maxBackoffMs ?? 30_000);
         continue;

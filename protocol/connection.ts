@@ -4,6 +4,7 @@
  * into a one-line fatal error for the peer followed by closing the connection.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, encodeFrame } from './frame.js';
 import type { AnyMessage } from './messages.js';
 
@@ -155,15 +156,44 @@ export function formatAddress(host: string, port: number): string {
 }
 
 /** Opens a TCP connection. Rejects with the socket's error (ECONNREFUSED and friends). */
-export function dial(address: string, maxFrameBytes?: number, timeoutMs = 10000): Promise<Connection> {
+const UNTRUSTED = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_UNTRUSTED']);
+
+/**
+ * Why a dial failed, in words: a network error's code (ECONNREFUSED, …), or for TLS what is wrong
+ * and what to do about it. `tls` is true when the failure was in the TLS handshake.
+ */
+export function dialProblem(error: unknown): { reason: string; tls: boolean } {
+  const code = (error as NodeJS.ErrnoException).code ?? '';
+  const message = (error as Error).message;
+  if (UNTRUSTED.has(code)) return { tls: true, reason: `the server's certificate is not trusted (${code}): give the CA that signed it with --tls-ca FILE` };
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return { tls: true, reason: `the server's certificate is not valid for this address: ${message}` };
+  if (code === 'CERT_HAS_EXPIRED') return { tls: true, reason: 'the server\'s certificate has expired' };
+  if (code.startsWith('ERR_SSL') || code === 'EPROTO' || /SSL|TLS/.test(message)) {
+    return { tls: true, reason: `the TLS handshake failed (${code || message}): does the server use TLS (--tls-cert)? without it, drop --tls/--tls-ca` };
+  }
+  return { tls: false, reason: code || message };
+}
+
+/** TLS for dial: the CA certificates to trust (PEM), or null for the system's store. */
+export interface DialTls {
+  ca: Buffer | null;
+}
+
+/**
+ * Connects to HOST:PORT, over TLS when `tls` is given (the server's certificate must be valid for
+ * the host name or IP address dialled). Rejects with the socket's error, or ETIMEDOUT.
+ */
+export function dial(address: string, maxFrameBytes?: number, timeoutMs = 10000, tlsOptions: DialTls | null = null): Promise<Connection> {
   const { host, port } = parseAddress(address);
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port });
+    const socket = tlsOptions === null
+      ? net.connect({ host, port })
+      : tls.connect({ host, port, ...(tlsOptions.ca === null ? {} : { ca: tlsOptions.ca }), ...(net.isIP(host) ? {} : { servername: host }) });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(Object.assign(new Error(`timed out after ${timeoutMs / 1000}s`), { code: 'ETIMEDOUT' }));
     }, timeoutMs);
-    socket.once('connect', () => {
+    socket.once(tlsOptions === null ? 'connect' : 'secureConnect', () => {
       clearTimeout(timer);
       socket.removeListener('error', onError);
       resolve(new Connection(socket, maxFrameBytes));

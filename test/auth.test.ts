@@ -54,7 +54,7 @@ describe('tokens and roles', () => {
     files.wrong = path.join(dir, 'wrong.token');
     fs.writeFileSync(files.wrong, 'bt_not-a-real-token\n');
     process.env.BUILDER_TOKEN = fs.readFileSync(files.admin, 'utf8').trim();
-    server = await startServer(state, ['--http', '0.0.0.0:0']);
+    server = await startServer(state, ['--http', '0.0.0.0:0', '--allow-plaintext']);
     expect(server.proc.stderr).toMatch(/ auth tokens=5\n/);
     fs.writeFileSync(path.join(dir, 'job.sh'), 'echo hello > out.txt\n');
     // Fixtures, made by the admin: a finished run to look at.
@@ -207,7 +207,7 @@ describe('a server without tokens', () => {
   let server: ServerHandle;
   beforeAll(async () => {
     dir = tempDir();
-    server = await startServer(path.join(dir, 'state'), [], '0.0.0.0:0');
+    server = await startServer(path.join(dir, 'state'), ['--allow-plaintext'], '0.0.0.0:0');
   });
   afterAll(async () => {
     await killAll();

@@ -87,7 +87,7 @@ export async function startServer(stateDir: string, extra: string[] = [], listen
     return /listening address=(\S+)/.exec(proc.stderr)?.[1];
   }, 20_000);
   const web = extra.includes('--http')
-    ? await waitFor('the web view to listen', () => /web address=(http:\/\/\S+?)\/?\n/.exec(proc.stderr)?.[1], 20_000)
+    ? await waitFor('the web view to listen', () => /web address=(https?:\/\/\S+?)\/?\n/.exec(proc.stderr)?.[1], 20_000)
     : null;
   return { proc, address, stateDir, web };
 }
