@@ -36,6 +36,7 @@ function job(name: string, overrides: Partial<JobRecord> = {}): JobRecord {
     nextDue: 1_000_000,
     timeoutSeconds: null,
     keepRuns: null,
+    owner: null,
     createdAt: 1,
     ...overrides,
   };
@@ -70,10 +71,10 @@ afterEach(() => {
 });
 
 describe('opening and migrations', () => {
-  it('runs the migrations on a new file and sets user_version to their number (2), in incremental auto-vacuum mode', () => {
+  it('runs the migrations on a new file and sets user_version to their number (3), in incremental auto-vacuum mode', () => {
     const store = openStore();
-    expect(store.schemaVersion).toBe(2);
-    expect(store.db.pragma('user_version', { simple: true })).toBe(2);
+    expect(store.schemaVersion).toBe(3);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(3);
     expect(store.db.pragma('auto_vacuum', { simple: true })).toBe(2);
     const tables = (store.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[])
       .map((row) => row.name);
@@ -99,19 +100,19 @@ describe('opening and migrations', () => {
     const uuid = put(first, job('nightly'));
     closeStore(first);
     const second = openStore();
-    expect(second.schemaVersion).toBe(2);
+    expect(second.schemaVersion).toBe(3);
     expect(second.getJob('nightly')?.name).toBe('nightly');
     expect(second.getRun(uuid)?.state).toBe('queued');
   });
 
-  it('does not re-run migrations on a database that has user_version 2', () => {
-    // A database claiming to be at version 2 but without any tables: if the store ran the migrations
+  it('does not re-run migrations on a database that has user_version 3', () => {
+    // A database claiming to be at version 3 but without any tables: if the store ran the migrations
     // again the tables would appear.
     const raw = new Database(file);
-    raw.pragma('user_version = 2');
+    raw.pragma('user_version = 3');
     raw.close();
     const store = openStore();
-    expect(store.schemaVersion).toBe(2);
+    expect(store.schemaVersion).toBe(3);
     expect(store.db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table'").get()).toEqual({ n: 0 });
   });
 
@@ -123,7 +124,7 @@ describe('opening and migrations', () => {
     const error = thrown(() => new Store(file));
     expect(error).toBeInstanceOf(Error);
     expect((error as Error).message).toBe(
-      'the state database has schema version 7, newer than this builder-server knows (2); run a newer builder-server',
+      'the state database has schema version 7, newer than this builder-server knows (3); run a newer builder-server',
     );
     const check = new Database(file);
     expect(check.pragma('user_version', { simple: true })).toBe(7);
