@@ -71,6 +71,7 @@ const argv = yargs(hideBin(process.argv))
   .option('heartbeat', { type: 'string', default: '10s', describe: 'how often running workers send heartbeats; 3 missed = worker lost' })
   .option('max-frame-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxFrameBytes, describe: 'largest protocol frame accepted' })
   .option('strict', { type: 'boolean', default: false, describe: 'fsync every commit (survives power loss, slower)' })
+  .option('max-artifact-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxArtifactBytes, describe: 'largest single artifact file accepted; a larger one fails its run' })
   .option('tls-cert', { type: 'string', describe: 'certificate (PEM) for TLS on the builder port and the web view' })
   .option('tls-key', { type: 'string', describe: 'private key (PEM) of --tls-cert' })
   .option('allow-plaintext', { type: 'boolean', default: false, describe: 'listen beyond loopback without TLS (trusted networks only)' })
@@ -96,6 +97,8 @@ try {
     jobTimeoutSeconds: durationOption(PROGRAM, 'job-timeout', argv['job-timeout']),
     heartbeatSeconds: durationOption(PROGRAM, 'heartbeat', argv.heartbeat, 3600),
     maxFrameBytes,
+    maxArtifactBytes: Number.isInteger(argv['max-artifact-bytes']) && argv['max-artifact-bytes'] > 0
+      ? argv['max-artifact-bytes'] : usageError(PROGRAM, '--max-artifact-bytes must be a whole number of bytes, at least 1'),
     strict: argv.strict,
     http: argv.http === undefined ? null : addressOption(PROGRAM, 'http', argv.http),
     tls: serverTlsOption(PROGRAM, argv['tls-cert'], argv['tls-key']),

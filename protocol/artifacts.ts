@@ -94,6 +94,11 @@ export interface TarFileHandler {
  * A tar parser that accepts only regular files (and directories, which are implied and skipped) with
  * safe relative paths. Symlinks, hard links, devices and FIFOs are refused by type, before any data.
  */
+/** A path as a refusal quotes it: a very long one is cut, so that the reason itself fits. */
+function shortPath(path: string): string {
+  return path.length > 200 ? `${path.slice(0, 200)}…` : path;
+}
+
 export function artifactParser(handler: TarFileHandler): Parser {
   let refused = false;
   const refuse = (reason: string): void => {
@@ -111,7 +116,7 @@ export function artifactParser(handler: TarFileHandler): Parser {
       const path = entry.path.replace(/\/+$/, '');
       const problem = artifactPathProblem(path);
       if (problem !== null) {
-        refuse(`artifact ${JSON.stringify(entry.path)} refused: ${problem}`);
+        refuse(`artifact ${JSON.stringify(shortPath(entry.path))} refused: ${problem}`);
         entry.resume();
         return;
       }
@@ -120,7 +125,7 @@ export function artifactParser(handler: TarFileHandler): Parser {
         return;
       }
       if (entry.type !== 'File' && entry.type !== 'OldFile' && entry.type !== 'ContiguousFile') {
-        refuse(`artifact ${JSON.stringify(path)} refused: it is a ${entry.type}, only regular files are artifacts`);
+        refuse(`artifact ${JSON.stringify(shortPath(path))} refused: it is a ${entry.type}, only regular files are artifacts`);
         entry.resume();
         return;
       }

@@ -14,6 +14,7 @@ import {
   type ServerHandle, PLATFORM, client, json, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir,
   waitForState,
 } from './harness.js';
+import { RawPeer } from './raw-peer.js';
 
 let dir: string;
 let server: ServerHandle;
@@ -34,37 +35,6 @@ afterAll(async () => {
   await killAll();
   fs.rmSync(dir, { recursive: true, force: true });
 });
-
-/** A raw TCP connection that records every frame the server sends until it closes. */
-class RawPeer {
-  readonly socket: net.Socket;
-  readonly frames: unknown[] = [];
-  readonly closed: Promise<void>;
-  private readonly decoder = new FrameDecoder();
-
-  constructor(address: string) {
-    const [host, port] = address.split(':') as [string, string];
-    this.socket = net.connect({ host, port: Number(port) });
-    this.socket.on('data', (data: Buffer) => this.frames.push(...this.decoder.push(data)));
-    this.closed = new Promise((resolve) => {
-      this.socket.on('close', () => resolve());
-      this.socket.on('error', () => resolve());
-    });
-  }
-
-  send(value: unknown): void {
-    this.socket.write(encodeFrame(value));
-  }
-
-  async next(): Promise<Record<string, unknown>> {
-    const deadline = Date.now() + 10_000;
-    while (this.frames.length === 0) {
-      if (Date.now() > deadline) throw new Error('no frame from the server');
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    return this.frames.shift() as Record<string, unknown>;
-  }
-}
 
 const clientHello = { type: 'hello', version: PROTOCOL_VERSION, role: 'client', software: 'raw test peer' };
 
