@@ -21,6 +21,12 @@ export function durationOption(program: string, option: string, value: string, m
   return seconds;
 }
 
+/** Checks a limit given as a whole number of at least `min`, or exits 1 naming the option. */
+export function limitOption(program: string, option: string, value: number, min = 1): number {
+  if (!Number.isSafeInteger(value) || value < min) usageError(program, `--${option}: '${value}' must be a whole number, at least ${min}`);
+  return value;
+}
+
 /** Checks a whole-number option of at least 1, or exits 1 naming the option. */
 export function countOption(program: string, option: string, value: number): number {
   if (!Number.isInteger(value) || value < 1 || value > 1_000_000) usageError(program, `--${option}: '${value}' is not a whole number from 1 to 1000000`);

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { ROLES, TokenError, Tokens } from '../lib/auth.js';
 import { DEFAULT_SERVER_OPTIONS, startServer } from '../lib/server.js';
 import { DEFAULT_TEMPLATES_DIR, defaultStateDir } from '../lib/platform.js';
-import { addressOption, countOption, durationOption, serverTlsOption, usageError } from './args.js';
+import { addressOption, limitOption, countOption, durationOption, serverTlsOption, usageError } from './args.js';
 
 const PROGRAM = 'builder-server';
 
@@ -72,6 +72,12 @@ const argv = yargs(hideBin(process.argv))
   .option('max-frame-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxFrameBytes, describe: 'largest protocol frame accepted' })
   .option('strict', { type: 'boolean', default: false, describe: 'fsync every commit (survives power loss, slower)' })
   .option('max-artifact-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxArtifactBytes, describe: 'largest single artifact file accepted; a larger one fails its run' })
+  .option('max-run-artifact-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxRunArtifactBytes, describe: 'most artifact bytes one run may upload in all' })
+  .option('max-line-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxLineBytes, describe: 'longest console line kept whole; longer ones are cut, saying so' })
+  .option('max-console-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxConsoleBytes, describe: 'console bytes kept per run; beyond, output is dropped, saying so' })
+  .option('max-connections-per-address', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxConnectionsPerAddress, describe: 'simultaneous connections accepted from one IP address' })
+  .option('hello-timeout', { type: 'string', default: '10s', describe: 'a connection that has not said hello by then is closed' })
+  .option('observer-backlog-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.observerBacklogBytes, describe: 'unsent bytes after which a slow observer is cut off' })
   .option('tls-cert', { type: 'string', describe: 'certificate (PEM) for TLS on the builder port and the web view' })
   .option('tls-key', { type: 'string', describe: 'private key (PEM) of --tls-cert' })
   .option('allow-plaintext', { type: 'boolean', default: false, describe: 'listen beyond loopback without TLS (trusted networks only)' })
@@ -97,8 +103,13 @@ try {
     jobTimeoutSeconds: durationOption(PROGRAM, 'job-timeout', argv['job-timeout']),
     heartbeatSeconds: durationOption(PROGRAM, 'heartbeat', argv.heartbeat, 3600),
     maxFrameBytes,
-    maxArtifactBytes: Number.isInteger(argv['max-artifact-bytes']) && argv['max-artifact-bytes'] > 0
-      ? argv['max-artifact-bytes'] : usageError(PROGRAM, '--max-artifact-bytes must be a whole number of bytes, at least 1'),
+    maxArtifactBytes: limitOption(PROGRAM, 'max-artifact-bytes', argv['max-artifact-bytes']),
+    maxRunArtifactBytes: limitOption(PROGRAM, 'max-run-artifact-bytes', argv['max-run-artifact-bytes']),
+    maxLineBytes: limitOption(PROGRAM, 'max-line-bytes', argv['max-line-bytes'], 1024),
+    maxConsoleBytes: limitOption(PROGRAM, 'max-console-bytes', argv['max-console-bytes'], 4096),
+    maxConnectionsPerAddress: limitOption(PROGRAM, 'max-connections-per-address', argv['max-connections-per-address']),
+    helloTimeoutSeconds: Math.max(1, durationOption(PROGRAM, 'hello-timeout', argv['hello-timeout'], 3600)),
+    observerBacklogBytes: limitOption(PROGRAM, 'observer-backlog-bytes', argv['observer-backlog-bytes'], 65_536),
     strict: argv.strict,
     http: argv.http === undefined ? null : addressOption(PROGRAM, 'http', argv.http),
     tls: serverTlsOption(PROGRAM, argv['tls-cert'], argv['tls-key']),

@@ -29,9 +29,18 @@ class Upload {
   private readonly parser;
   private ended: Promise<void>;
 
+  /** Bytes the tar headers announced so far: the run's total is checked before a file is stored. */
+  private announced = 0;
+
   constructor(context: ServerContext, private readonly conn: Connection, private readonly paused: (paused: boolean) => void) {
     this.parser = artifactParser({
       file: (path, size, entry) => {
+        this.announced += size;
+        if (this.announced > context.options.maxRunArtifactBytes) {
+          this.problem ??= `the run's artifacts exceed the limit of ${context.options.maxRunArtifactBytes} bytes in all (--max-run-artifact-bytes)`;
+          entry.resume();
+          return;
+        }
         this.pending.push(context.artifacts.store(path, size, entry, context.options.maxArtifactBytes)
           .then((artifact) => { this.artifacts.push(artifact); })
           .catch((error: Error) => { this.problem ??= error.message; entry.resume(); }));
@@ -73,6 +82,8 @@ interface ActiveRun {
   uuid: string;
   job: string;
   console: ConsoleWriter;
+  /** Past --max-console-bytes: further output is dropped. */
+  consoleFull?: boolean;
   upload: Upload | null;
   finishing: boolean;
 }
@@ -304,7 +315,8 @@ export class Dispatcher {
       case 'output': {
         const run = this.currentRun(worker, message.uuid, 'output');
         if (run === null) return;
-        const lines = normalizeLines(message.lines);
+        const lines = this.limitConsole(run, normalizeLines(message.lines));
+        if (lines.length === 0) return;
         run.console.append(lines);
         this.context.hub.lines(run.uuid, lines);
         return;
@@ -380,6 +392,32 @@ export class Dispatcher {
     const summary = store.getRun(run.uuid);
     if (summary !== null) hub.end(summary);
     this.context.retention.collect();
+  }
+
+  /**
+   * Console limits: a line longer than --max-line-bytes is cut, saying so; past --max-console-bytes
+   * a run's output is no longer kept, and one note says so. The job itself runs on.
+   */
+  private limitConsole(run: ActiveRun, lines: ConsoleLine[]): ConsoleLine[] {
+    const { maxLineBytes, maxConsoleBytes } = this.context.options;
+    if (run.consoleFull) return [];
+    const kept: ConsoleLine[] = [];
+    let bytes = run.console.bytes;
+    for (const line of lines) {
+      let text = line.text;
+      if (text.length > maxLineBytes / 4 && Buffer.byteLength(text) > maxLineBytes) {
+        const cut = Buffer.from(text).subarray(0, maxLineBytes).toString('utf8').replace(/\uFFFD$/, '');
+        text = `${cut}… (line cut at ${maxLineBytes} bytes, --max-line-bytes)`;
+      }
+      bytes += Buffer.byteLength(text) + 16;
+      if (bytes > maxConsoleBytes) {
+        run.consoleFull = true;
+        kept.push({ at: line.at, stream: 'builder', text: `console limit of ${maxConsoleBytes} bytes reached: the rest of this run's output is not kept (--max-console-bytes)` });
+        break;
+      }
+      kept.push(text === line.text ? line : { ...line, text });
+    }
+    return kept;
   }
 
   /** Starts (or restarts in full) the timer after which a silent running worker is lost. */

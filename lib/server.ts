@@ -39,6 +39,14 @@ export interface ServerOptions {
   observerBacklogBytes: number;
   /** Largest single artifact file accepted. */
   maxArtifactBytes: number;
+  /** Most artifact bytes one run may upload in all. */
+  maxRunArtifactBytes: number;
+  /** Longest console line kept whole (longer ones are cut, saying so). */
+  maxLineBytes: number;
+  /** Most console bytes kept per run (beyond, output is dropped, saying so once). */
+  maxConsoleBytes: number;
+  /** Most simultaneous connections from one IP address. */
+  maxConnectionsPerAddress: number;
   /** fsync every commit (synchronous = FULL) instead of relying on WAL + NORMAL. */
   strict: boolean;
   /** HOST:PORT for the read-only web view, or null for none. */
@@ -62,6 +70,10 @@ export const DEFAULT_SERVER_OPTIONS: Omit<ServerOptions, 'stateDir' | 'templates
   maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
   observerBacklogBytes: 8 * 1024 * 1024,
   maxArtifactBytes: 64 * 1024 * 1024 * 1024,
+  maxRunArtifactBytes: 256 * 1024 * 1024 * 1024,
+  maxLineBytes: 64 * 1024,
+  maxConsoleBytes: 1024 * 1024 * 1024,
+  maxConnectionsPerAddress: 256,
   strict: false,
   http: null,
   tls: null,
@@ -125,8 +137,22 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   context.scheduler.rearm();
 
   const connections = new Set<Connection>();
+  const perAddress = new Map<string, number>();
   const onSocket = (socket: net.Socket): void => {
     const conn = new Connection(socket, options.maxFrameBytes);
+    const from = socket.remoteAddress ?? '?';
+    const count = (perAddress.get(from) ?? 0) + 1;
+    perAddress.set(from, count);
+    socket.once('close', () => {
+      const left = (perAddress.get(from) ?? 1) - 1;
+      if (left <= 0) perAddress.delete(from);
+      else perAddress.set(from, left);
+    });
+    if (count > options.maxConnectionsPerAddress) {
+      log('refuse', { peer: conn.peer, reason: 'too many connections from this address' });
+      conn.fail(`too many connections from ${from}: at most ${options.maxConnectionsPerAddress} at once (--max-connections-per-address)`);
+      return;
+    }
     connections.add(conn);
     accept(context, conn, () => connections.delete(conn));
   };
