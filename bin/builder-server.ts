@@ -76,6 +76,7 @@ const argv = yargs(hideBin(process.argv))
   .option('max-line-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxLineBytes, describe: 'longest console line kept whole; longer ones are cut, saying so' })
   .option('max-console-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxConsoleBytes, describe: 'console bytes kept per run; beyond, output is dropped, saying so' })
   .option('max-connections-per-address', { type: 'number', default: DEFAULT_SERVER_OPTIONS.maxConnectionsPerAddress, describe: 'simultaneous connections accepted from one IP address' })
+  .option('min-free-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.minFreeBytes, describe: 'below this much free space in the state directory, no new work is accepted' })
   .option('hello-timeout', { type: 'string', default: '10s', describe: 'a connection that has not said hello by then is closed' })
   .option('observer-backlog-bytes', { type: 'number', default: DEFAULT_SERVER_OPTIONS.observerBacklogBytes, describe: 'unsent bytes after which a slow observer is cut off' })
   .option('tls-cert', { type: 'string', describe: 'certificate (PEM) for TLS on the builder port and the web view' })
@@ -108,6 +109,7 @@ try {
     maxLineBytes: limitOption(PROGRAM, 'max-line-bytes', argv['max-line-bytes'], 1024),
     maxConsoleBytes: limitOption(PROGRAM, 'max-console-bytes', argv['max-console-bytes'], 4096),
     maxConnectionsPerAddress: limitOption(PROGRAM, 'max-connections-per-address', argv['max-connections-per-address']),
+    minFreeBytes: limitOption(PROGRAM, 'min-free-bytes', argv['min-free-bytes'], 0),
     helloTimeoutSeconds: Math.max(1, durationOption(PROGRAM, 'hello-timeout', argv['hello-timeout'], 3600)),
     observerBacklogBytes: limitOption(PROGRAM, 'observer-backlog-bytes', argv['observer-backlog-bytes'], 65_536),
     strict: argv.strict,

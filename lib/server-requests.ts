@@ -10,6 +10,7 @@ import { tarStream, type TarSource } from '../protocol/artifacts.js';
 import type { ClientMessage } from '../protocol/messages.js';
 import { describeOutcome } from '../protocol/types.js';
 import { type Identity, OPEN_IDENTITY, mayChangeJob } from './auth.js';
+import { diskFullProblem, isDiskFull } from './disk.js';
 import { checkCron, describePeriod, nextDue } from './period.js';
 import type { ServerContext } from './server.js';
 import { type JobRecord, StoreError } from './store.js';
@@ -32,6 +33,13 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
     conn.send({ type: 'ok', id: message.id, message: text });
   };
   const now = Date.now();
+  if (message.type === 'schedule' || message.type === 'execute') {
+    const full = diskFullProblem(context.options.stateDir, context.options.minFreeBytes);
+    if (full !== null) {
+      log('disk-full', { request: message.type });
+      return fail(full);
+    }
+  }
   try {
     switch (message.type) {
       case 'schedule': {
@@ -196,6 +204,9 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
   } catch (error) {
     if (error instanceof StoreError || error instanceof TemplateError) return fail(error.message);
     if (error instanceof Error && error.message.startsWith('invalid cron expression')) return fail(error.message);
+    if (isDiskFull(error)) {
+      return fail(`the disk holding ${context.options.stateDir} is full: ${message.type} was not done and nothing stored was lost; free some space and try again`);
+    }
     throw error;
   }
 }

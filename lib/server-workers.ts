@@ -10,6 +10,7 @@ import { type Hello, WorkerMessage, parseWith } from '../protocol/messages.js';
 import type { Artifact, ConsoleLine, JobSource, Outcome, WorkerInfo } from '../protocol/types.js';
 import { describeOutcome, limitMessage } from '../protocol/types.js';
 import { type ConsoleWriter, normalizeLines } from './console-log.js';
+import { diskFullProblem, isDiskFull } from './disk.js';
 import { guard } from './log.js';
 import type { ServerContext } from './server.js';
 import type { Enqueued } from './store.js';
@@ -147,11 +148,14 @@ export interface GoneWorker extends WorkerInfo {
 }
 
 const GONE_WORKERS_KEPT_MS = 3600_000;
+const DISK_RETRY_MS = 2000;
 const GONE_WORKERS_KEPT = 100;
 
 export class Dispatcher {
   private readonly workers = new Set<WorkerSession>();
   private gone: GoneWorker[] = [];
+  /** Per platform, the timer that tries dispatching again once a full disk may have room. */
+  private readonly diskRetry = new Map<string, NodeJS.Timeout>();
   /** Runs whose artifacts are being stored and not yet committed (see Retention). */
   private readonly uploads = new Set<string>();
   /** Workers that asked for a job and got none yet, per platform, in the order they asked. */
@@ -248,6 +252,16 @@ export class Dispatcher {
     while (waiting !== undefined && waiting.length > 0) {
       const front = store.queueFront(platform);
       if (front === null) return;
+      // A full disk: the run stays queued and the worker waits; tried again in a while.
+      const full = diskFullProblem(options.stateDir, options.minFreeBytes);
+      if (full !== null) {
+        if (!this.diskRetry.has(platform)) log('disk-full', { platform, problem: full });
+        this.diskRetry.set(platform, this.diskRetry.get(platform) ?? setTimeout(() => {
+          this.diskRetry.delete(platform);
+          this.guarded('dispatch after a full disk', () => this.dispatch(platform));
+        }, DISK_RETRY_MS));
+        return;
+      }
       const worker = waiting[0] as WorkerSession;
       if (worker.conn.isClosed) {
         waiting.shift();
@@ -317,7 +331,16 @@ export class Dispatcher {
         if (run === null) return;
         const lines = this.limitConsole(run, normalizeLines(message.lines));
         if (lines.length === 0) return;
-        run.console.append(lines);
+        try {
+          run.console.append(lines);
+        } catch (error) {
+          if (!isDiskFull(error)) throw error;
+          // The job goes on; what it prints from now on is not kept (observers are told).
+          run.consoleFull = true;
+          this.context.log('disk-full', { run: run.uuid, problem: 'console not written' });
+          this.context.hub.lines(run.uuid, [{ at: lines[0]?.at ?? 0, stream: 'builder', text: 'the server\'s disk is full: the rest of this console is not kept' }]);
+          return;
+        }
         this.context.hub.lines(run.uuid, lines);
         return;
       }
@@ -481,5 +504,6 @@ export class Dispatcher {
 
   stop(): void {
     for (const worker of this.workers) worker.stopSilenceTimer();
+    for (const timer of this.diskRetry.values()) clearTimeout(timer);
   }
 }

@@ -47,6 +47,8 @@ export interface ServerOptions {
   maxConsoleBytes: number;
   /** Most simultaneous connections from one IP address. */
   maxConnectionsPerAddress: number;
+  /** Below this much free space in the state directory, no new work is accepted. */
+  minFreeBytes: number;
   /** fsync every commit (synchronous = FULL) instead of relying on WAL + NORMAL. */
   strict: boolean;
   /** HOST:PORT for the read-only web view, or null for none. */
@@ -74,6 +76,7 @@ export const DEFAULT_SERVER_OPTIONS: Omit<ServerOptions, 'stateDir' | 'templates
   maxLineBytes: 64 * 1024,
   maxConsoleBytes: 1024 * 1024 * 1024,
   maxConnectionsPerAddress: 256,
+  minFreeBytes: 64 * 1024 * 1024,
   strict: false,
   http: null,
   tls: null,
