@@ -405,6 +405,8 @@ export class Dispatcher {
     run.console.close(this.context.options.strict);
     try {
       store.finishRun(run.uuid, outcome, Date.now(), artifacts, run.console.lines);
+      // Files a refused upload had already stored belong to no run: they go with the garbage.
+      if (run.upload !== null && run.upload.problem !== null) store.addGarbage('artifact', run.upload.artifacts.map((a) => a.sha256));
     } finally {
       this.uploads.delete(run.uuid);
     }
@@ -483,7 +485,16 @@ export class Dispatcher {
     run.console.close(false);
     // Files it is still storing are never referenced: it no longer counts as uploading once done.
     if (run.upload === null) this.uploads.delete(run.uuid);
-    else void run.upload.finish().catch(() => {}).finally(() => this.uploads.delete(run.uuid));
+    else {
+      const upload = run.upload;
+      void upload.finish().catch(() => {}).finally(() => {
+        this.uploads.delete(run.uuid);
+        this.guarded('forgetting a lost upload', () => {
+          this.context.store.addGarbage('artifact', upload.artifacts.map((a) => a.sha256));
+          this.context.retention.collect();
+        });
+      });
+    }
     const { store, hub, log } = this.context;
     const again = store.loseRun(run.uuid, limitMessage(message), Date.now(), run.console.lines, MAX_CONSECUTIVE_LOSSES);
     log('lost', { run: run.uuid, job: run.job, worker: worker.id, reason: message, requeued: again?.uuid ?? 'no' });

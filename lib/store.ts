@@ -418,6 +418,12 @@ export class Store {
     return { artifacts, consoles, referenced };
   }
 
+  /** Lists files to delete once no run references them (artifacts of an upload that was refused). */
+  addGarbage(kind: 'artifact' | 'console', names: string[]): void {
+    const insert = this.db.prepare('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
+    this.db.transaction(() => { for (const name of names) insert.run(kind, name); })();
+  }
+
   /** Forgets garbage entries whose files are gone (or, for a hash in use again, were kept). */
   clearGarbage(kind: 'artifact' | 'console', names: string[]): void {
     const remove = this.db.prepare('DELETE FROM garbage WHERE kind = ? AND name = ?');
