@@ -54,7 +54,8 @@ describe('the frame decoder', () => {
   });
 
   it('gives back exactly the values encoded, however the stream is cut', () => {
-    const value = fc.jsonValue({ maxDepth: 3 });
+    // A "__proto__" key is the one thing not given back as is: msgpackr renames it (see below).
+    const value = fc.jsonValue({ maxDepth: 3 }).filter((v) => !JSON.stringify(v).includes('"__proto__"'));
     counted(fc.property(fc.array(value, { minLength: 1, maxLength: 5 }), fc.array(fc.nat(), { maxLength: 10 }), (values, cuts) => {
       const stream = Buffer.concat(values.map((v) => encodeFrame(v)));
       const decoded = decodeInPieces(stream, cuts, 16 * 1024 * 1024);
@@ -62,6 +63,16 @@ describe('the frame decoder', () => {
       // msgpack has no -0 and no distinction of integral floats: compare as JSON does.
       expect(JSON.parse(JSON.stringify(decoded.values))).toEqual(JSON.parse(JSON.stringify(values)));
     }), 10_000);
+  });
+
+  it('cannot be used for prototype pollution: a "__proto__" key stays a harmless plain key', () => {
+    // msgpack {"__proto__": {"polluted": true}}, written by hand (a JS literal would set the prototype).
+    const body = Buffer.from([0x81, 0xa9, ...Buffer.from('__proto__'), 0x81, 0xa8, ...Buffer.from('polluted'), 0xc3]);
+    const frame = Buffer.concat([Buffer.from([0, 0, 0, body.length]), body]);
+    const [decoded] = new FrameDecoder().push(frame) as [Record<string, unknown>];
+    expect(Object.getPrototypeOf(decoded)).toBe(Object.prototype);
+    expect((decoded as { polluted?: unknown }).polluted).toBeUndefined();
+    expect(({} as { polluted?: unknown }).polluted).toBeUndefined();
   });
 
   it('refuses a frame over the maximum before reading its body', () => {
