@@ -234,7 +234,8 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
         const problem = permissionProblem(context, identity, parsed.message.type);
         if (problem !== null) {
           log('refuse', { peer: conn.peer, token: identity.name ?? '-', request: parsed.message.type, reason: problem });
-          if (context.tokens.roleOf(identity.name ?? '') === null && identity.name !== null) conn.fail(problem);
+          // A revoked token, or a token-less connection once tokens exist, is done for: close it.
+          if (identity.name === null || context.tokens.roleOf(identity.name) === null) conn.fail(problem);
           else conn.send({ type: 'failure', id: parsed.message.id, message: problem });
           return;
         }
@@ -325,7 +326,10 @@ function authenticate(context: ServerContext, hello: Hello, address: string): Id
 
 /** Why this identity may not make this request now (null: it may). */
 function permissionProblem(context: ServerContext, identity: Identity, request: ClientMessage['type']): string | null {
-  if (identity.name === null) return null;
+  if (identity.name === null) {
+    // Said hello before the first token existed: from now on, a token is needed like everyone else.
+    return context.tokens.count === 0 ? null : 'this server now requires a token: reconnect with --token-file FILE or BUILDER_TOKEN';
+  }
   // Revoked, or its role changed, since the hello.
   const current = context.tokens.roleOf(identity.name);
   if (current === null) return `token ${identity.name} was revoked`;

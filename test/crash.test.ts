@@ -11,23 +11,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   PLATFORM, type Proc, type ServerHandle, json, killAll, ok, startServer, startWorker, tempDir, waitFor,
 } from './harness.js';
+import { prng } from './unit-helpers.js';
 
 const ROUNDS = Number(process.env.BUILDER_CRASH_ROUNDS ?? 50);
 const JOBS = 12;
 
 interface RunRow { uuid: string; job: string; state: string; status: string; outcome: { kind: string } | null }
-
-/** A small seeded PRNG, so that a failing sequence of kill times can be replayed (seed printed). */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('SIGKILL at random moments', () => {
   let dir: string;
