@@ -14,6 +14,7 @@ import { PROTOCOL_VERSION } from '../protocol/messages.js';
 import {
   PLATFORM, type Proc, type ServerHandle, client, killAll, startProcess, startServer, startWorker, tempDir, waitForState,
 } from './harness.js';
+import { RawPeer } from './raw-peer.js';
 
 type Who = 'none' | 'wrong' | 'viewer' | 'operator' | 'admin' | 'worker';
 const WHO: Who[] = ['none', 'wrong', 'viewer', 'operator', 'admin', 'worker'];
@@ -218,6 +219,19 @@ describe('a server without tokens', () => {
     expect(server.proc.stderr).toContain('open note="no tokens: every loopback connection may do anything, others are refused; add one with builder-server token add"');
     const port = server.address.split(':').at(-1);
     expect((await client({ address: `127.0.0.1:${port}` }, ['info'])).code).toBe(0);
+  });
+
+  it('a connection made before the first token needs one from then on', async () => {
+    const peer = new RawPeer(server.address.replace('0.0.0.0', '127.0.0.1'));
+    peer.send({ type: 'hello', version: PROTOCOL_VERSION, role: 'client', software: 'early' });
+    expect((await peer.next()).type).toBe('welcome');
+    peer.send({ type: 'info', id: 1 });
+    expect((await peer.next()).type).toBe('info-result');
+    expect((await tokenCommand(path.join(dir, 'state'), ['add', 'first', '--role', 'admin'])).code).toBe(0);
+    peer.send({ type: 'info', id: 2 });
+    expect(await peer.next()).toEqual({ type: 'error', message: 'this server now requires a token: reconnect with --token-file FILE or BUILDER_TOKEN' });
+    await peer.closed;
+    expect((await tokenCommand(path.join(dir, 'state'), ['revoke', 'first'])).code).toBe(0);
   });
 
   it('refuses a peer that is not on loopback, saying how to make tokens', async () => {
