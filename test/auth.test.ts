@@ -12,7 +12,7 @@ import { encode } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROTOCOL_VERSION } from '../protocol/messages.js';
 import {
-  PLATFORM, type Proc, type ServerHandle, client, killAll, startProcess, startServer, startWorker, tempDir, waitForState,
+  PLATFORM, type Proc, type ServerHandle, client, killAll, startProcess, startServer, startWorker, tempDir, waitFor, waitForState,
 } from './harness.js';
 import { RawPeer } from './raw-peer.js';
 
@@ -56,7 +56,8 @@ describe('tokens and roles', () => {
     fs.writeFileSync(files.wrong, 'bt_not-a-real-token\n');
     process.env.BUILDER_TOKEN = fs.readFileSync(files.admin, 'utf8').trim();
     server = await startServer(state, ['--http', '0.0.0.0:0', '--allow-plaintext']);
-    expect(server.proc.stderr).toMatch(/ auth tokens=5\n/);
+    // The line after `listening` may arrive in a later chunk of the server's stderr.
+    await waitFor('the auth line', () => / auth tokens=5\n/.test(server.proc.stderr) || null);
     fs.writeFileSync(path.join(dir, 'job.sh'), 'echo hello > out.txt\n');
     // Fixtures, made by the admin: a finished run to look at.
     const first = await as('admin', ['schedule', 'fixture', PLATFORM, path.join(dir, 'job.sh'), '--period', 'never']);
@@ -139,7 +140,7 @@ describe('tokens and roles', () => {
     expect((await as('wrong', ['info'])).stderr).toBe('builder-client: the server refused the connection: invalid token\n');
     expect((await as('worker', ['info'])).stderr)
       .toBe('builder-client: the server refused the connection: token runner is a worker token; clients need a viewer, operator or admin token\n');
-    expect(server.proc.stderr).toMatch(/refuse peer=\S+ token=reader request=execute reason="permission denied: execute needs the operator role/);
+    await waitFor('the refusal to be logged', () => /refuse peer=\S+ token=reader request=execute reason="permission denied: execute needs the operator role/.test(server.proc.stderr) || null);
     const missing = await client(server, ['--token-file', path.join(dir, 'absent.token'), 'info']);
     expect([missing.code, missing.stderr]).toEqual([1, `builder-client: --token-file: cannot read ${path.join(dir, 'absent.token')}: ENOENT\n`]);
   });
@@ -216,7 +217,8 @@ describe('a server without tokens', () => {
   });
 
   it('says so at start and serves loopback peers', async () => {
-    expect(server.proc.stderr).toContain('open note="no tokens: every loopback connection may do anything, others are refused; add one with builder-server token add"');
+    await waitFor('the open line', () => server.proc.stderr.includes(
+      'open note="no tokens: every loopback connection may do anything, others are refused; add one with builder-server token add"') || null);
     const port = server.address.split(':').at(-1);
     expect((await client({ address: `127.0.0.1:${port}` }, ['info'])).code).toBe(0);
   });

@@ -51,7 +51,7 @@ describe('retention', () => {
     }
     // Shared by the kept runs: stays.
     expect(fs.existsSync(artifactFile(sha256('shared\n')))).toBe(true);
-    expect(server.proc.stderr).toMatch(/garbage artifacts=1 consoles=1 kept=1/);
+    await waitFor('the garbage line', () => /garbage artifacts=1 consoles=1 kept=1/.test(server.proc.stderr) || null);
   });
 
   it('hands free pages back to the file system on schedule', async () => {
