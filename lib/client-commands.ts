@@ -80,10 +80,14 @@ function runDuration(run: RunSummary): string {
   return formatElapsed((run.finishedAt ?? Date.now()) - run.startedAt);
 }
 
+/** How consoles mark a line's stream: `|` stdout, `!` stderr, `#` a note from builder itself. */
+export function streamMarker(stream: ConsoleLine['stream']): string {
+  return stream === 'out' ? '|' : stream === 'err' ? '!' : '#';
+}
+
 /** One console line as observe and show print it: seconds since start, a stream marker, the text. */
 export function formatConsoleLine(line: ConsoleLine): string {
-  const marker = line.stream === 'out' ? '|' : line.stream === 'err' ? '!' : '#';
-  return `${(line.at / 1000).toFixed(3).padStart(9)} ${marker} ${line.text}\n`;
+  return `${(line.at / 1000).toFixed(3).padStart(9)} ${streamMarker(line.stream)} ${line.text}\n`;
 }
 
 // ---- commands --------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import type { Outcome } from '../protocol/types.js';
 import { SCRIPT_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectory } from './job-directory.js';
 import { LineSplitter, pauseOutput } from './line-splitter.js';
 import type { JobSpec, KillReason, RunHooks, Sandbox } from './sandbox.js';
-import { isStopped } from './sandbox-process.js';
+import { STOPPED_CHECKS, STOPPED_NOTE, isStopped } from './sandbox-process.js';
 
 export const CONTAINER_ENGINES = ['docker', 'podman'] as const;
 export type ContainerEngine = (typeof CONTAINER_ENGINES)[number];
@@ -276,8 +276,8 @@ export class ContainerSandbox implements Sandbox {
           if (shell === null) return;
         }
         checks = isStopped(shell) ? checks + 1 : 0;
-        if (checks < 3 || this.finished) return;
-        note('the job\'s shell has been stopped for 3s; ending it');
+        if (checks < STOPPED_CHECKS || this.finished) return;
+        note(STOPPED_NOTE);
         this.stoppedBy = os.constants.signals.SIGSTOP;
         this.signal('KILL');
       })();

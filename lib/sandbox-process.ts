@@ -15,7 +15,9 @@ import { LineSplitter, pauseOutput } from './line-splitter.js';
 import type { JobSpec, KillReason, RunHooks, Sandbox } from './sandbox.js';
 
 /** Seconds a shell must stay stopped (checked once a second) before the run ends as `stopped`. */
-const STOPPED_CHECKS = 3;
+export const STOPPED_CHECKS = 3;
+/** The console note when a stopped shell is ended. */
+export const STOPPED_NOTE = `the job's shell has been stopped for ${STOPPED_CHECKS}s; ending it`;
 
 /**
  * Whether a process is stopped (state T). Linux tells in /proc; elsewhere (FreeBSD) ps(1) does. The
@@ -99,7 +101,7 @@ export class ProcessSandbox implements Sandbox {
         if (child.pid === undefined || this.groupGone || this.killedFor !== null) return;
         stoppedChecks = isStopped(child.pid) ? stoppedChecks + 1 : 0;
         if (stoppedChecks < STOPPED_CHECKS) return;
-        hooks.lines([{ at: Date.now() - started, stream: 'builder', text: `the job's shell has been stopped for ${STOPPED_CHECKS}s; ending it` }]);
+        hooks.lines([{ at: Date.now() - started, stream: 'builder', text: STOPPED_NOTE }]);
         this.stoppedBy = os.constants.signals.SIGSTOP;
         this.signalGroup('SIGKILL');
       }, 1000);

@@ -249,19 +249,21 @@ export class Dispatcher {
   dispatch(platform: string): void {
     const { store, templates, hub, log, options } = this.context;
     const waiting = this.waiting.get(platform);
-    while (waiting !== undefined && waiting.length > 0) {
+    if (waiting === undefined || waiting.length === 0 || store.queueFront(platform) === null) return;
+    // A full disk: runs stay queued and workers wait; tried again in a while. Looked at once per
+    // call, not per run handed out.
+    const full = diskFullProblem(options.stateDir, options.minFreeBytes);
+    if (full !== null) {
+      if (!this.diskRetry.has(platform)) log('disk-full', { platform, problem: full });
+      this.diskRetry.set(platform, this.diskRetry.get(platform) ?? setTimeout(() => {
+        this.diskRetry.delete(platform);
+        this.guarded('dispatch after a full disk', () => this.dispatch(platform));
+      }, DISK_RETRY_MS));
+      return;
+    }
+    while (waiting.length > 0) {
       const front = store.queueFront(platform);
       if (front === null) return;
-      // A full disk: the run stays queued and the worker waits; tried again in a while.
-      const full = diskFullProblem(options.stateDir, options.minFreeBytes);
-      if (full !== null) {
-        if (!this.diskRetry.has(platform)) log('disk-full', { platform, problem: full });
-        this.diskRetry.set(platform, this.diskRetry.get(platform) ?? setTimeout(() => {
-          this.diskRetry.delete(platform);
-          this.guarded('dispatch after a full disk', () => this.dispatch(platform));
-        }, DISK_RETRY_MS));
-        return;
-      }
       const worker = waiting[0] as WorkerSession;
       if (worker.conn.isClosed) {
         waiting.shift();

@@ -233,10 +233,10 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
         }
         const problem = permissionProblem(context, identity, parsed.message.type);
         if (problem !== null) {
-          log('refuse', { peer: conn.peer, token: identity.name ?? '-', request: parsed.message.type, reason: problem });
+          log('refuse', { peer: conn.peer, token: identity.name ?? '-', request: parsed.message.type, reason: problem.message });
           // A revoked token, or a token-less connection once tokens exist, is done for: close it.
-          if (identity.name === null || context.tokens.roleOf(identity.name) === null) conn.fail(problem);
-          else conn.send({ type: 'failure', id: parsed.message.id, message: problem });
+          if (problem.fatal) conn.fail(problem.message);
+          else conn.send({ type: 'failure', id: parsed.message.id, message: problem.message });
           return;
         }
         handleClientMessage(context, conn, parsed.message, identity).catch((error: Error) => {
@@ -324,17 +324,19 @@ function authenticate(context: ServerContext, hello: Hello, address: string): Id
   return identity;
 }
 
-/** Why this identity may not make this request now (null: it may). */
-function permissionProblem(context: ServerContext, identity: Identity, request: ClientMessage['type']): string | null {
+/**
+ * Why this identity may not make this request now (null: it may). `fatal`: the connection itself
+ * is no longer allowed (its token was revoked, or tokens now exist and it has none).
+ */
+function permissionProblem(context: ServerContext, identity: Identity, request: ClientMessage['type']): { message: string; fatal: boolean } | null {
   if (identity.name === null) {
     // Said hello before the first token existed: from now on, a token is needed like everyone else.
-    return context.tokens.count === 0 ? null : 'this server now requires a token: reconnect with --token-file FILE or BUILDER_TOKEN';
+    return context.tokens.count === 0 ? null : { message: 'this server now requires a token: reconnect with --token-file FILE or BUILDER_TOKEN', fatal: true };
   }
   // Revoked, or its role changed, since the hello.
   const current = context.tokens.roleOf(identity.name);
-  if (current === null) return `token ${identity.name} was revoked`;
-  const now: Identity = { name: identity.name, role: current };
+  if (current === null) return { message: `token ${identity.name} was revoked`, fatal: true };
   const needed = REQUIRED_ROLE[request];
-  if (allows(now, needed)) return null;
-  return `permission denied: ${request} needs the ${needed} role or higher; token ${identity.name} has the ${current} role`;
+  if (allows({ name: identity.name, role: current }, needed)) return null;
+  return { message: `permission denied: ${request} needs the ${needed} role or higher; token ${identity.name} has the ${current} role`, fatal: false };
 }

@@ -395,8 +395,12 @@ export class Store {
     return old.length;
   }
 
-  /** Applies retention to every job (at start, when --keep-runs may have changed). Returns runs removed. */
+  /**
+   * Applies retention to every job (at start, when --keep-runs may have changed). Returns runs
+   * removed. Nothing to do when the server keeps all: a job's own limit was applied at each finish.
+   */
   pruneAll(): number {
+    if (this.keepRuns <= 0) return 0;
     return this.db.transaction(() => {
       const jobs = this.db.prepare("SELECT DISTINCT job FROM runs WHERE state = 'finished'").all() as { job: string }[];
       return jobs.reduce((removed, { job }) => removed + this.pruneLocked(job), 0);

@@ -12,7 +12,7 @@ import type { ServerToClient } from '../protocol/messages.js';
 import { formatAddress, parseAddress } from '../protocol/connection.js';
 import type { Artifact, ConsoleLine, RunDetail } from '../protocol/types.js';
 import { UUID_PATTERN } from '../protocol/types.js';
-import { runStatus, toJson } from './client-commands.js';
+import { runStatus, streamMarker, toJson } from './client-commands.js';
 import { isLoopback } from './auth.js';
 import type { ObserverSink } from './observers.js';
 import { describePeriod } from './period.js';
@@ -253,7 +253,7 @@ class WebView {
     const perPage = Math.min(500, Math.max(1, Number.parseInt(query.get('per') ?? String(RUNS_PER_PAGE), 10) || RUNS_PER_PAGE));
     const failedOnly = query.get('failed') === '1';
     const { runs, total } = store.runsOfJobPage(name, perPage, (pageNumber - 1) * perPage, failedOnly);
-    if (job === null && total === 0 && store.runsOfJob(name, 1).length === 0) throw notFound(`no job named ${name}`);
+    if (job === null && total === 0 && !this.jobKnown(name)) throw notFound(`no job named ${name}`);
     const pagesTotal = Math.max(1, Math.ceil(total / perPage));
     const filter = `${failedOnly ? '&failed=1' : ''}${perPage !== RUNS_PER_PAGE ? `&per=${perPage}` : ''}`;
     const info = job === null ? null : {
@@ -275,12 +275,16 @@ class WebView {
   }
 
   private badge(res: http.ServerResponse, name: string): void {
-    const { store } = this.context;
-    if (store.getJob(name) === null && store.runsOfJob(name, 1).length === 0) throw notFound(`no job named ${name}`);
-    const last = store.latestFinished(name, false);
+    if (!this.jobKnown(name)) throw notFound(`no job named ${name}`);
+    const last = this.context.store.latestFinished(name, false);
     const body = badgeSvg(name, last === null ? 'none' : runStatus(last));
     res.writeHead(200, { 'Content-Type': 'image/svg+xml', 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-cache' });
     res.end(body);
+  }
+
+  /** A job that is scheduled, or was and still has runs in the history. */
+  private jobKnown(name: string): boolean {
+    return this.context.store.getJob(name) !== null || this.context.store.runsOfJob(name, 1).length > 0;
   }
 
   private detail(uuid: string): RunDetail {
@@ -334,7 +338,7 @@ class WebView {
       }
       for await (const lines of this.context.consoles.replay(uuid, 0, null)) {
         if (res.destroyed) return;
-        if (!res.write(lines.map((line) => `${(line.at / 1000).toFixed(3)} ${line.stream === 'out' ? '|' : line.stream === 'err' ? '!' : '#'} ${line.text}\n`).join(''))) {
+        if (!res.write(lines.map((line) => `${(line.at / 1000).toFixed(3)} ${streamMarker(line.stream)} ${line.text}\n`).join(''))) {
           await new Promise((resolve) => res.once('drain', resolve));
         }
       }
@@ -482,7 +486,7 @@ class WebView {
     for await (const batch of this.context.consoles.replay(uuid, 0, null)) {
       for (const line of batch) {
         if (lines.length >= COMPARE_MAX_LINES) return { text: `${lines.join('\n')}\n`, truncated: true };
-        lines.push(`${line.stream === 'out' ? '|' : line.stream === 'err' ? '!' : '#'} ${line.text}`);
+        lines.push(`${streamMarker(line.stream)} ${line.text}`);
       }
     }
     return { text: lines.length === 0 ? '' : `${lines.join('\n')}\n`, truncated: false };
