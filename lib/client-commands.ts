@@ -8,30 +8,35 @@ import path from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { artifactParser } from '../protocol/artifacts.js';
 import type {
-  Artifact, ConsoleLine, Info, JobSource, JobSourceSummary, Period, RunDetail, RunSummary, WorkerInfo,
+  Artifact, ConsoleLine, Info, JobSource, JobSourceSummary, Period, Progress, RunDetail, RunSummary, WorkerInfo,
 } from '../protocol/types.js';
-import { describeOutcome, isSuccess } from '../protocol/types.js';
+import { describeOutcome, isSuccess, runStatus } from '../protocol/types.js';
 import { Client, ClientError, EXIT } from './client.js';
 import { describePeriod } from './period.js';
 
 export interface Output {
   out(text: string): void;
   err(text: string): void;
+  /** Redraw a status line on stderr (a terminal) instead of printing each progress change as a line. */
+  statusLine?: boolean;
 }
 
 export const stdio: Output = {
   out: (text) => process.stdout.write(text),
   err: (text) => process.stderr.write(text),
+  statusLine: process.stderr.isTTY === true,
 };
 
 // ---- formatting ----------------------------------------------------------------------------------
 
-const TIME_KEYS = new Set(['queuedAt', 'startedAt', 'finishedAt', 'nextDue', 'connectedAt', 'lastSeen']);
+const TIME_KEYS = new Set(['queuedAt', 'startedAt', 'finishedAt', 'nextDue', 'connectedAt', 'lastSeen', 'goneAt', 'updatedAt']);
 
 /** JSON for scripts: timestamps become ISO 8601 strings, runs get a one-word `status`. */
 export function toJson(value: unknown): string {
   return JSON.stringify(value, (key, v: unknown) => {
     if (TIME_KEYS.has(key) && typeof v === 'number') return new Date(v).toISOString();
+    // A progress report's `at` is a time; a console line's `at` is milliseconds since the run started.
+    if (typeof v === 'object' && v !== null && 'percent' in v && 'at' in v && typeof v.at === 'number') return { ...v, at: new Date(v.at).toISOString() };
     if (typeof v === 'object' && v !== null && 'uuid' in v && 'state' in v && 'outcome' in v && !('status' in v)) {
       return { ...v, status: runStatus(v as RunSummary) };
     }
@@ -39,11 +44,7 @@ export function toJson(value: unknown): string {
   }, 2);
 }
 
-/** queued | running | success | failed */
-export function runStatus(run: Pick<RunSummary, 'state' | 'outcome'>): string {
-  if (run.state !== 'finished') return run.state;
-  return isSuccess(run.outcome) ? 'success' : 'failed';
-}
+export { runStatus };
 
 export function formatTime(ms: number | null): string {
   if (ms === null) return '-';
@@ -100,6 +101,10 @@ export interface ScheduleArgs {
   replace: boolean;
   timeoutSeconds: number | null;
   keepRuns: number | null;
+  requires?: string[];
+  env?: Record<string, string>;
+  secretEnv?: Record<string, string>;
+  notify?: string[];
 }
 
 /** schedule / schedule-template: prints the queued run's UUID on stdout, what happened on stderr. */
@@ -132,19 +137,23 @@ export async function info(client: Client, json: boolean, io: Output): Promise<n
 
 export function formatInfo(data: Info): string {
   let text = `jobs (${data.jobs.length}):\n`;
-  const jobRows = [['  NAME', 'PLATFORM', 'SCHEDULE', 'NEXT DUE', 'SOURCE']];
-  for (const job of data.jobs) jobRows.push([`  ${job.name}`, job.platform, describePeriod(job.period), formatTime(job.nextDue), describeSource(job.source)]);
+  const jobRows = [['  NAME', 'PLATFORM', 'REQUIRES', 'SCHEDULE', 'NEXT DUE', 'SOURCE']];
+  for (const job of data.jobs) {
+    jobRows.push([`  ${job.name}`, job.platform, job.requires?.join(',') || '-', describePeriod(job.period), formatTime(job.nextDue), describeSource(job.source)]);
+  }
   text += data.jobs.length > 0 ? table(jobRows) : '  none\n';
   const platforms = Object.keys(data.queues).sort();
   text += `queues (${platforms.reduce((n, p) => n + (data.queues[p]?.length ?? 0), 0)} runs waiting):\n`;
   if (platforms.length === 0) text += '  all empty\n';
   for (const platform of platforms) {
     text += `  ${platform}:\n`;
-    text += table((data.queues[platform] ?? []).map((entry, i) => [`    ${i + 1}.`, entry.job, entry.uuid, `queued ${formatTime(entry.queuedAt)}`]));
+    text += table((data.queues[platform] ?? []).map((entry, i) => [`    ${i + 1}.`, entry.job, entry.uuid, `queued ${formatTime(entry.queuedAt)}`,
+      entry.blocked === null || entry.blocked === undefined ? '' : `blocked: ${entry.blocked}`]));
   }
   text += `running (${data.running.length}):\n`;
   text += data.running.length > 0
-    ? table(data.running.map((run) => [`  ${run.job}`, run.uuid, run.platform, `on ${run.worker ?? '-'}`, `for ${runDuration(run)}`]))
+    ? table(data.running.map((run) => [`  ${run.job}`, run.uuid, run.platform, `on ${run.worker ?? '-'}`, `for ${runDuration(run)}`,
+      run.progress === null || run.progress === undefined ? '' : `[${formatProgress(run.progress)}]`]))
     : '  none\n';
   text += `dropped platforms: ${data.dropped.length > 0 ? data.dropped.join(', ') : 'none'}\n`;
   text += `workers connected: ${data.workers}\n`;
@@ -170,10 +179,19 @@ export async function workers(client: Client, json: boolean, io: Output): Promis
   return EXIT.ok;
 }
 
-function formatWorkers(list: WorkerInfo[]): string {
-  if (list.length === 0) return 'no workers connected\n';
-  return table([['WORKER', 'PLATFORM', 'LABELS', 'HOST', 'ADDRESS', 'CONNECTED', 'LAST SEEN', 'RUN'],
-    ...list.map((w) => [w.id, w.platform, w.labels.join(',') || '-', w.hostname, w.address, formatTime(w.connectedAt), formatTime(w.lastSeen), w.run ?? 'idle'])]);
+export function formatWorkers(list: WorkerInfo[], now = Date.now()): string {
+  if (list.length === 0) return 'no workers connected, and none gone recently\n';
+  const ago = (ms: number): string => `${formatElapsed(Math.max(0, now - ms))} ago`;
+  return table([['WORKER', 'STATUS', 'PLATFORM', 'LABELS', 'HOST', 'ADDRESS', 'LAST SEEN', 'RUN'],
+    ...list.map((w) => [w.id, w.status ?? 'active', w.platform, w.labels.join(',') || '-', w.hostname, w.address, ago(w.lastSeen),
+      w.status === 'gone' ? `gone ${ago(w.goneAt ?? now)}: ${w.reason ?? ''}`
+        : w.run === null ? 'idle' : `${w.run}${w.progress === null || w.progress === undefined ? '' : ` [${formatProgress(w.progress)}]`}`])]);
+}
+
+/** `40% compiling`, or the message alone when the job gave no percent. */
+export function formatProgress(progress: Progress): string {
+  const percent = progress.percent === null ? '' : `${Math.floor(progress.percent)}%`;
+  return [percent, progress.message].filter((part) => part !== '').join(' ');
 }
 
 export interface ShowArgs {
@@ -212,10 +230,18 @@ function formatRun(run: RunDetail): string {
     ['outcome', runOutcome(run)], ['worker', run.worker ?? '-'], ['queued', formatTime(run.queuedAt)],
     ['started', formatTime(run.startedAt)], ['finished', formatTime(run.finishedAt)], ['duration', runDuration(run)],
     ['source', run.source === null ? '-' : describeSource(run.source)], ['console', `${run.consoleLines} lines`],
-    ['artifacts', String(run.artifacts.length)],
+    ['progress', run.progress === null || run.progress === undefined ? '-' : formatProgress(run.progress)],
   ];
+  // The environment it was given: secrets by name only, their values are never sent to clients.
+  for (const [key, value] of Object.entries(run.env ?? {})) rows.push(['env', `${key}=${value}`]);
+  for (const key of run.secretKeys ?? []) rows.push(['env', `${key}=*** (secret)`]);
+  rows.push(['artifacts', String(run.artifacts.length)]);
   let text = table(rows.map(([key, value]) => [`${key}:`, value ?? '']));
   for (const artifact of run.artifacts) text += `  ${artifact.sha256}  ${String(artifact.size).padStart(10)}  ${artifact.path}\n`;
+  for (const d of run.deliveries ?? []) {
+    text += `notify: ${d.event} → ${d.url}: ${d.state}${d.attempts === 1 ? '' : ` after ${d.attempts} attempts`}`
+      + `${d.lastError === null || d.state === 'delivered' ? '' : ` (last error: ${d.lastError})`}\n`;
+  }
   return text;
 }
 
@@ -235,15 +261,42 @@ export async function observe(client: Client, args: ObserveArgs, io: Output): Pr
     ? client.send({ type: 'observe', uuid: args.uuid })
     : client.send({ type: 'observe-latest', job: args.job ?? null, platform: args.platform ?? null });
   if (args.uuid === undefined) io.err(`waiting for the newest run${args.job ? ` of ${args.job}` : ''}${args.platform ? ` on ${args.platform}` : ''}\n`);
+  // Progress: on a terminal, one status line under the console, redrawn; otherwise a line per change.
+  let status = '';
+  let shownProgress: Progress | null = null;
+  let started = false;
+  const clearStatus = (): void => {
+    if (status !== '') io.err('\r\x1b[K');
+  };
+  const showProgress = (run: RunSummary): void => {
+    const progress = run.progress ?? null;
+    if (progress === null || (shownProgress !== null && progress.at === shownProgress.at)) return;
+    shownProgress = progress;
+    if (io.statusLine === true) {
+      clearStatus();
+      status = `[${formatProgress(progress)}]`.slice(0, Math.max(20, (process.stderr.columns ?? 80) - 1));
+      io.err(status);
+    } else {
+      io.err(`progress: ${formatProgress(progress)}\n`);
+    }
+  };
   for (;;) {
     const message = await client.receive(id);
     switch (message.type) {
       case 'observing':
         io.err(`observing run ${message.run.uuid} of ${message.run.job} (${runOutcome(message.run)})\n`);
         if (message.run.state === 'queued') io.err('the run is queued, waiting for a worker\n');
+        started = message.run.state !== 'queued';
+        if (message.run.state === 'running') showProgress(message.run);
         break;
       case 'run-update':
-        if (message.run.state === 'running') io.err(`started on ${message.run.worker ?? 'a worker'}\n`);
+        if (message.run.state === 'running' && !started) {
+          started = true;
+          clearStatus();
+          io.err(`started on ${message.run.worker ?? 'a worker'}\n`);
+          if (status !== '') io.err(status);
+        }
+        showProgress(message.run);
         break;
       case 'console': {
         // One write per batch, not per line: a fast job prints hundreds of thousands of lines.
@@ -254,11 +307,14 @@ export async function observe(client: Client, args: ObserveArgs, io: Output): Pr
           else if (line.stream === 'out') out += `${line.text}\n`;
           else err += `${line.text}\n`;
         }
+        clearStatus();
         if (out.length > 0) io.out(out);
         if (err.length > 0) io.err(err);
+        if (status !== '') io.err(status);
         break;
       }
       case 'run-end': {
+        clearStatus();
         const run = message.run;
         const took = run.startedAt !== null && run.finishedAt !== null ? `, took ${formatElapsed(run.finishedAt - run.startedAt)}` : '';
         const text = `run ${run.uuid} of ${run.job}: ${describeOutcome(run.outcome)}${took}\n`;

@@ -12,19 +12,55 @@ import { CHUNK_BYTES } from '../protocol/messages.js';
 
 /** The script's file name in the working directory; it is never collected as an artifact. */
 export const SCRIPT_NAME = '.builder-script.sh';
+/** The file a job writes progress lines to ($BUILDER_PROGRESS); not an artifact either. */
+export const PROGRESS_NAME = '.builder-progress';
+/** A directory put first on the job's PATH, holding builder-progress; not collected. */
+export const TOOLS_NAME = '.builder-bin';
+/** Containers: the job's variables as a shell file, read and removed before the script starts. */
+export const ENV_NAME = '.builder-env';
+/** Top-level entries of the working directory that are builder's, not the job's. */
+const RESERVED = new Set([SCRIPT_NAME, PROGRESS_NAME, TOOLS_NAME, ENV_NAME]);
 
-/** Makes a fresh builder-XXXXXX directory under `base` (default: the OS temp dir) holding the script. */
+/** `export KEY='value'` lines for sh; any value (newlines, quotes) survives. */
+export function shellExports(env: Record<string, string>): string {
+  return Object.entries(env).map(([key, value]) => `export ${key}='${value.replaceAll("'", "'\\''")}'\n`).join('');
+}
+
+/**
+ * `builder-progress [PERCENT] MESSAGE`: appends one line to $BUILDER_PROGRESS. Plain sh, so that it
+ * works in any image; the worker parses what it wrote.
+ */
+const PROGRESS_COMMAND = `#!/bin/sh
+# builder-progress [PERCENT] MESSAGE: tells builder how far this job has got.
+if [ -z "\${BUILDER_PROGRESS:-}" ]; then
+  echo "builder-progress: BUILDER_PROGRESS is not set; run it inside a builder job" >&2
+  exit 1
+fi
+if [ "$#" -eq 0 ]; then
+  echo "usage: builder-progress [PERCENT] MESSAGE   (e.g. builder-progress 40 compiling)" >&2
+  exit 1
+fi
+printf '%s\n' "$*" >> "$BUILDER_PROGRESS"
+`;
+
+/**
+ * Makes a fresh builder-XXXXXX directory under `base` (default: the OS temp dir) holding the script,
+ * an empty progress file and the builder-progress command.
+ */
 export async function makeJobDirectory(script: string, base = os.tmpdir()): Promise<string> {
   try {
     const dir = await fs.promises.mkdtemp(path.join(base, 'builder-'));
     await fs.promises.writeFile(path.join(dir, SCRIPT_NAME), script, { mode: 0o500 });
+    await fs.promises.writeFile(path.join(dir, PROGRESS_NAME), '', { mode: 0o644 });
+    await fs.promises.mkdir(path.join(dir, TOOLS_NAME), { mode: 0o755 });
+    await fs.promises.writeFile(path.join(dir, TOOLS_NAME, 'builder-progress'), PROGRESS_COMMAND, { mode: 0o555 });
     return dir;
   } catch (error) {
     throw new Error(`cannot write the job's files in ${base}: ${(error as Error).message}`);
   }
 }
 
-/** Every regular file under `dir` (except the script), in name order; the rest is noted and skipped. */
+/** Every regular file under `dir` (except builder's own), in name order; the rest is noted and skipped. */
 export function collectJobDirectory(dir: string, notes: (text: string) => void): AsyncGenerator<TarSource> {
   return walk(dir, '', notes);
 }
@@ -55,7 +91,7 @@ async function* walk(root: string, relative: string, notes: (text: string) => vo
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (const entry of entries) {
     const rel = relative === '' ? entry.name : `${relative}/${entry.name}`;
-    if (rel === SCRIPT_NAME) continue;
+    if (relative === '' && RESERVED.has(entry.name)) continue;
     const full = path.join(root, rel);
     let stat: fs.Stats;
     try {

@@ -14,7 +14,9 @@ import os from 'node:os';
 import path from 'node:path';
 import type { TarSource } from '../protocol/artifacts.js';
 import type { Outcome } from '../protocol/types.js';
-import { SCRIPT_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectory } from './job-directory.js';
+import {
+  ENV_NAME, PROGRESS_NAME, SCRIPT_NAME, TOOLS_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectory, shellExports,
+} from './job-directory.js';
 import { LineSplitter, pauseOutput } from './line-splitter.js';
 import type { JobSpec, KillReason, RunHooks, Sandbox } from './sandbox.js';
 import { STOPPED_CHECKS, STOPPED_NOTE, isStopped } from './sandbox-process.js';
@@ -182,6 +184,10 @@ export class ContainerSandbox implements Sandbox {
     return this.dir;
   }
 
+  progressFile(): string | null {
+    return this.dir === null ? null : path.join(this.dir, PROGRESS_NAME);
+  }
+
   async prepare(job: JobSpec): Promise<void> {
     this.job = job;
     this.dir = await makeJobDirectory(job.script, this.options.tmpDir);
@@ -195,12 +201,23 @@ export class ContainerSandbox implements Sandbox {
       // The console comes through the attached streams; a second copy in the engine's log is waste.
       '--log-driver', 'none',
       '--volume', `${this.dir}:${CONTAINER_WORKDIR}`, '--workdir', CONTAINER_WORKDIR,
-      '--env', `BUILDER_UUID=${job.uuid}`, '--env', `BUILDER_JOB=${job.name}`, '--env', `BUILDER_PLATFORM=${job.platform}`];
+      '--env', `BUILDER_UUID=${job.uuid}`, '--env', `BUILDER_JOB=${job.name}`, '--env', `BUILDER_PLATFORM=${job.platform}`,
+      '--env', `BUILDER_PROGRESS=${CONTAINER_WORKDIR}/${PROGRESS_NAME}`];
+
     if (memory !== undefined) args.push('--memory', memory, '--memory-swap', memory);
     if (cpus !== undefined) args.push('--cpus', cpus);
     if (pids !== undefined) args.push('--pids-limit', String(pids));
     if (engine === 'podman') args.push(...podmanLimits());
-    args.push(image, '/bin/sh', '-e', `${CONTAINER_WORKDIR}/${SCRIPT_NAME}`);
+    // The job's variables (secrets too) go in a file the container reads and removes before the
+    // script starts: never on a command line, in the engine's environment or in `inspect`.
+    // builder-progress goes first on the image's own PATH; the script then runs in the same process.
+    const env = job.env ?? {};
+    let prelude = '';
+    if (Object.keys(env).length > 0) {
+      await fs.promises.writeFile(path.join(this.dir, ENV_NAME), shellExports(env), { mode: 0o600 });
+      prelude = `. ${CONTAINER_WORKDIR}/${ENV_NAME}; rm -f ${CONTAINER_WORKDIR}/${ENV_NAME}; `;
+    }
+    args.push(image, '/bin/sh', '-c', `${prelude}PATH="${CONTAINER_WORKDIR}/${TOOLS_NAME}:$PATH"; export PATH; exec /bin/sh -e ${CONTAINER_WORKDIR}/${SCRIPT_NAME}`);
     const result = await engineCommand(engine, args);
     if (result.code !== 0) throw new Error(`cannot create the job's container: ${explain(engine, image, result)}`);
     this.name = name;

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { TarSource } from '../protocol/artifacts.js';
 import type { Outcome } from '../protocol/types.js';
-import { SCRIPT_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectory } from './job-directory.js';
+import { PROGRESS_NAME, SCRIPT_NAME, TOOLS_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectory } from './job-directory.js';
 import { LineSplitter, pauseOutput } from './line-splitter.js';
 import type { JobSpec, KillReason, RunHooks, Sandbox } from './sandbox.js';
 
@@ -68,6 +68,10 @@ export class ProcessSandbox implements Sandbox {
     return this.dir;
   }
 
+  progressFile(): string | null {
+    return this.dir === null ? null : path.join(this.dir, PROGRESS_NAME);
+  }
+
   async prepare(job: JobSpec): Promise<void> {
     this.job = job;
     this.dir = await makeJobDirectory(job.script, this.options.tmpDir);
@@ -80,7 +84,10 @@ export class ProcessSandbox implements Sandbox {
     const started = Date.now();
     const env: NodeJS.ProcessEnv = {};
     for (const key of PASSED_ENV) if (process.env[key] !== undefined) env[key] = process.env[key];
-    Object.assign(env, { BUILDER_UUID: job.uuid, BUILDER_JOB: job.name, BUILDER_PLATFORM: job.platform });
+    Object.assign(env, job.env ?? {}, {
+      BUILDER_UUID: job.uuid, BUILDER_JOB: job.name, BUILDER_PLATFORM: job.platform, BUILDER_PROGRESS: path.join(dir, PROGRESS_NAME),
+    });
+    env.PATH = env.PATH === undefined || env.PATH === '' ? path.join(dir, TOOLS_NAME) : `${path.join(dir, TOOLS_NAME)}:${env.PATH}`;
 
     return new Promise((resolve) => {
       let child: ChildProcess;

@@ -12,6 +12,8 @@ export interface JobSpec {
   platform: string;
   script: string;
   timeoutSeconds: number;
+  /** Variables for the job (secrets included), on top of builder's own BUILDER_*. */
+  env?: Record<string, string>;
 }
 
 export interface RunHooks {
@@ -33,6 +35,8 @@ export interface Sandbox {
   setPaused(paused: boolean): void;
   /** The files the job left behind, as tar sources; `notes` receives what was skipped and why. */
   collect(notes: (text: string) => void): AsyncGenerator<TarSource>;
+  /** Where the job writes its progress lines on this host ($BUILDER_PROGRESS), once prepared. */
+  progressFile(): string | null;
   /** Removes everything the job left. Never throws; what could not be removed goes to `report`. */
   cleanUp(report?: (problem: string) => void): Promise<void>;
 }

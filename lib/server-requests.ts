@@ -9,6 +9,7 @@ import type { Connection } from '../protocol/connection.js';
 import { tarStream, type TarSource } from '../protocol/artifacts.js';
 import type { ClientMessage } from '../protocol/messages.js';
 import { describeOutcome } from '../protocol/types.js';
+import type { QueueEntry } from '../protocol/types.js';
 import { type Identity, OPEN_IDENTITY, mayChangeJob } from './auth.js';
 import { diskFullProblem, isDiskFull } from './disk.js';
 import { checkCron, describePeriod, nextDue } from './period.js';
@@ -62,9 +63,14 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         const { replaced, enqueued, cancelled } = store.putJob({
           name: message.name, platform: message.platform, source: message.source, period: message.period,
           nextDue: nextDue(message.period, now), timeoutSeconds: message.timeoutSeconds, keepRuns: message.keepRuns ?? null,
-          owner: identity.name, createdAt: now,
-        }, message.replace, now);
-        log('schedule', { peer: conn.peer, job: message.name, platform: message.platform, period: describePeriod(message.period), replaced });
+          owner: identity.name, requires: [...new Set(message.requires ?? [])].sort(), env: message.env ?? {},
+          notify: [...new Set(message.notify ?? [])], createdAt: now,
+        }, message.replace, now, message.secretEnv ?? {});
+        log('schedule', {
+          peer: conn.peer, job: message.name, platform: message.platform, period: describePeriod(message.period), replaced,
+          requires: message.requires?.join(','), env: Object.keys(message.env ?? {}).join(',') || undefined,
+          secrets: Object.keys(message.secretEnv ?? {}).join(',') || undefined, notify: message.notify?.length,
+        });
         context.scheduler.rearm();
         endRun(context, cancelled);
         const verb = replaced ? 'replaced' : 'scheduled';
@@ -143,8 +149,9 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
               source: source.kind === 'script'
                 ? { kind: 'script' as const, bytes: Buffer.byteLength(source.script), sha256: crypto.createHash('sha256').update(source.script).digest('hex') }
                 : source,
+              secretKeys: store.secretKeysOf(job.name),
             })),
-            queues: store.queues(),
+            queues: queuesWithReasons(context),
             running: store.runsInState('running'),
             dropped: store.droppedPlatforms(),
             workers: context.dispatcher.count,
@@ -159,7 +166,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         return;
       }
       case 'workers':
-        conn.send({ type: 'workers-result', id: message.id, workers: context.dispatcher.list() });
+        conn.send({ type: 'workers-result', id: message.id, workers: context.dispatcher.listAll() });
         return;
       case 'show': {
         const run = store.runDetail(message.uuid);
@@ -209,6 +216,30 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
     }
     throw error;
   }
+}
+
+/**
+ * The queues, each run with the reason no connected worker can take it, if that is so: no worker
+ * of its platform is connected, or none has all the labels its job requires.
+ */
+export function queuesWithReasons(context: ServerContext): Record<string, QueueEntry[]> {
+  const { store, dispatcher } = context;
+  const queues = store.queues();
+  const requires = new Map(store.listJobs().map((job) => [job.name, job.requires ?? []]));
+  for (const [platform, entries] of Object.entries(queues)) {
+    const workers = dispatcher.workersOf(platform);
+    for (const entry of entries) entry.blocked = blockedReason(platform, requires.get(entry.job) ?? [], workers);
+  }
+  return queues;
+}
+
+function blockedReason(platform: string, requires: string[], workers: { id: string; labels: string[] }[]): string | null {
+  if (workers.length === 0) return `no ${platform} worker is connected`;
+  if (requires.length === 0) return null;
+  const lacking = workers.map((worker) => ({ id: worker.id, missing: requires.filter((label) => !worker.labels.includes(label)) }));
+  if (lacking.some((worker) => worker.missing.length === 0)) return null;
+  const shown = lacking.slice(0, 5).map((worker) => `${worker.id} lacks ${worker.missing.join(',')}`).join('; ');
+  return `no connected ${platform} worker has all of the labels ${requires.join(',')} (${shown}${lacking.length > 5 ? `; and ${lacking.length - 5} more` : ''})`;
 }
 
 /** Tells observers of a run that it ended (it was cancelled while queued, for instance). */

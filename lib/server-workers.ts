@@ -7,13 +7,13 @@ import fs from 'node:fs';
 import type { Connection } from '../protocol/connection.js';
 import { artifactParser } from '../protocol/artifacts.js';
 import { type Hello, WorkerMessage, parseWith } from '../protocol/messages.js';
-import type { Artifact, ConsoleLine, JobSource, Outcome, WorkerInfo } from '../protocol/types.js';
+import type { Artifact, ConsoleLine, JobSource, Outcome, Progress, WorkerInfo } from '../protocol/types.js';
 import { describeOutcome, limitMessage } from '../protocol/types.js';
 import { type ConsoleWriter, normalizeLines } from './console-log.js';
 import { diskFullProblem, isDiskFull } from './disk.js';
 import { guard } from './log.js';
 import type { ServerContext } from './server.js';
-import type { Enqueued } from './store.js';
+import type { Enqueued, JobRecord } from './store.js';
 import { TemplateError } from './templates.js';
 
 /** How many heartbeat periods of silence mean a running worker is lost. */
@@ -87,6 +87,26 @@ interface ActiveRun {
   consoleFull?: boolean;
   upload: Upload | null;
   finishing: boolean;
+  /** Secret values (and each line of a multi-line one), longest first: masked in what the run prints. */
+  secrets: string[];
+  progress: Progress | null;
+}
+
+/** The strings to mask for a job's secret values: each value, and each line of a multi-line one. */
+export function secretMasks(values: string[]): string[] {
+  const masks = new Set<string>();
+  for (const value of values) {
+    if (value !== '') masks.add(value);
+    for (const line of value.split('\n')) if (line.replace(/\r$/, '') !== '') masks.add(line.replace(/\r$/, ''));
+  }
+  return [...masks].sort((a, b) => b.length - a.length);
+}
+
+/** Replaces every occurrence of a secret by ***. */
+export function maskSecrets(text: string, masks: string[]): string {
+  let masked = text;
+  for (const mask of masks) if (masked.includes(mask)) masked = masked.split(mask).join('***');
+  return masked;
 }
 
 export class WorkerSession {
@@ -95,6 +115,8 @@ export class WorkerSession {
   lastSeen = Date.now();
   run: ActiveRun | null = null;
   waiting = false;
+  /** Why the server ended this worker's connection, when it did (shown for a gone worker). */
+  goneReason: string | null = null;
   private silence: NodeJS.Timeout | null = null;
 
   constructor(private readonly dispatcher: Dispatcher, readonly conn: Connection, readonly hello: Hello & { platform: string; hostname: string }) {
@@ -105,11 +127,19 @@ export class WorkerSession {
     return this.hello.platform;
   }
 
-  info(): WorkerInfo {
+  get labels(): string[] {
+    return this.hello.labels ?? [];
+  }
+
+  /** As `workers` lists it: active when heard from within 1.5 heartbeats, late when not. */
+  info(heartbeatSeconds: number, now = Date.now()): WorkerInfo {
     return {
-      id: this.id, platform: this.platform, labels: this.hello.labels ?? [], hostname: this.hello.hostname,
+      id: this.id, platform: this.platform, labels: this.labels, hostname: this.hello.hostname,
       version: this.hello.software, address: this.conn.peer, connectedAt: this.connectedAt, lastSeen: this.lastSeen,
       run: this.run?.uuid ?? null,
+      status: now - this.lastSeen > heartbeatSeconds * 1500 ? 'late' : 'active',
+      progress: this.run?.progress ?? null,
+      goneAt: null, reason: null,
     };
   }
 
@@ -142,18 +172,13 @@ export class WorkerSession {
   }
 }
 
-export interface GoneWorker extends WorkerInfo {
-  goneAt: number;
-  reason: string;
-}
-
-const GONE_WORKERS_KEPT_MS = 3600_000;
 const DISK_RETRY_MS = 2000;
+/** Gone workers remembered at most (the newest), however short --forget-workers-after is. */
 const GONE_WORKERS_KEPT = 100;
 
 export class Dispatcher {
   private readonly workers = new Set<WorkerSession>();
-  private gone: GoneWorker[] = [];
+  private gone: WorkerInfo[] = [];
   /** Per platform, the timer that tries dispatching again once a full disk may have room. */
   private readonly diskRetry = new Map<string, NodeJS.Timeout>();
   /** Runs whose artifacts are being stored and not yet committed (see Retention). */
@@ -175,11 +200,25 @@ export class Dispatcher {
       peer: conn.peer, role: 'worker', worker: session.id, platform: session.platform,
       labels: (hello.labels ?? []).join(','), software: hello.software,
     });
+    // Idle or busy, a worker heartbeats every period; several missed and it is gone.
+    this.watchSilence(session);
     return session;
   }
 
+  /** Connected workers, with their status (active or late). */
   list(): WorkerInfo[] {
-    return [...this.workers].map((worker) => worker.info());
+    const now = Date.now();
+    return [...this.workers].map((worker) => worker.info(this.context.options.heartbeatSeconds, now));
+  }
+
+  /** Connected workers, then those gone within --forget-workers-after, newest first. */
+  listAll(): WorkerInfo[] {
+    return [...this.list(), ...this.recentlyGone()];
+  }
+
+  /** Connected workers of a platform, with their labels. */
+  workersOf(platform: string): { id: string; labels: string[] }[] {
+    return [...this.workers].filter((worker) => worker.platform === platform).map((worker) => ({ id: worker.id, labels: worker.labels }));
   }
 
   /** Whether an upload is storing files whose rows are not committed yet. */
@@ -187,10 +226,12 @@ export class Dispatcher {
     return this.uploads.size > 0;
   }
 
-  /** Workers that disconnected in the last hour (at most 100), newest first. */
-  recentlyGone(): GoneWorker[] {
+  /** Workers that left within --forget-workers-after (at most 100), newest first; older ones are forgotten. */
+  recentlyGone(): WorkerInfo[] {
     const now = Date.now();
-    return this.gone.filter((gone) => now - gone.goneAt < GONE_WORKERS_KEPT_MS);
+    const keep = this.context.options.forgetWorkersSeconds * 1000;
+    this.gone = this.gone.filter((gone) => now - (gone.goneAt ?? 0) < keep);
+    return this.gone;
   }
 
   get count(): number {
@@ -245,9 +286,12 @@ export class Dispatcher {
     for (const platform of platforms) this.dispatch(platform);
   }
 
-  /** Hands queued runs of `platform` to waiting workers until one of the two runs out. */
+  /**
+   * Hands queued runs of `platform` to waiting workers, in the order they asked: each gets the first
+   * run whose job requires no label it lacks.
+   */
   dispatch(platform: string): void {
-    const { store, templates, hub, log, options } = this.context;
+    const { store, log, options } = this.context;
     const waiting = this.waiting.get(platform);
     if (waiting === undefined || waiting.length === 0 || store.queueFront(platform) === null) return;
     // A full disk: runs stay queued and workers wait; tried again in a while. Looked at once per
@@ -261,56 +305,75 @@ export class Dispatcher {
       }, DISK_RETRY_MS));
       return;
     }
-    while (waiting.length > 0) {
-      const front = store.queueFront(platform);
-      if (front === null) return;
-      const worker = waiting[0] as WorkerSession;
+    for (const worker of [...waiting]) {
       if (worker.conn.isClosed) {
-        waiting.shift();
+        waiting.splice(waiting.indexOf(worker), 1);
         continue;
       }
-      const now = Date.now();
-      let script: string;
-      const source: JobSource = front.job.source;
-      try {
-        script = source.kind === 'script' ? source.script
-          : templates.render(source.template, front.job.platform, source.vars, { job: front.job.name, platform: front.job.platform, uuid: front.uuid });
-      } catch (error) {
-        // Whatever went wrong rendering is the job's problem, never the waiting worker's.
-        const message = error instanceof TemplateError ? error.message : `template ${source.kind === 'template' ? source.template : ''} failed: ${(error as Error).message}`;
-        store.finishRun(front.uuid, { kind: 'error', message: limitMessage(message) }, now);
-        log('finish', { run: front.uuid, job: front.job.name, outcome: `error: ${message}` });
-        const run = store.getRun(front.uuid);
-        if (run !== null) hub.end(run);
-        continue;
+      for (;;) {
+        const next = store.nextFor(platform, worker.labels);
+        if (next === null) break;
+        const started = this.start(worker, next.uuid, next.job);
+        if (started === 'stop') return;
+        if (started === 'started') {
+          waiting.splice(waiting.indexOf(worker), 1);
+          break;
+        }
       }
-      // The console file is opened before the run is recorded as running: if it cannot be (a full
-      // disk, no file descriptors), the run stays queued and the worker keeps waiting.
-      let console: ConsoleWriter;
-      try {
-        console = this.context.consoles.open(front.uuid);
-      } catch (error) {
-        log('error', { run: front.uuid, problem: `cannot open the console file: ${(error as Error).message}` });
-        return;
-      }
-      try {
-        store.startRun(front.uuid, worker.id, source, script, now);
-      } catch (error) {
-        console.close(false);
-        throw error;
-      }
-      waiting.shift();
-      worker.waiting = false;
-      worker.run = { uuid: front.uuid, job: front.job.name, console, upload: null, finishing: false };
-      this.watchSilence(worker);
-      worker.conn.send({
-        type: 'job', uuid: front.uuid, name: front.job.name, platform: front.job.platform, script,
-        timeoutSeconds: front.job.timeoutSeconds ?? options.jobTimeoutSeconds,
-      });
-      log('dispatch', { run: front.uuid, job: front.job.name, platform, worker: worker.id });
-      const run = store.getRun(front.uuid);
-      if (run !== null) hub.update(run);
+      if (store.queueFront(platform) === null) return;
     }
+  }
+
+  /**
+   * Starts a queued run on a waiting worker. 'skipped': the run failed before it could start (its
+   * template), try the next; 'stop': nothing can start now (the console file cannot be opened).
+   */
+  private start(worker: WorkerSession, uuid: string, job: JobRecord): 'started' | 'skipped' | 'stop' {
+    const { store, templates, hub, log, options } = this.context;
+    const now = Date.now();
+    let script: string;
+    const source: JobSource = job.source;
+    try {
+      script = source.kind === 'script' ? source.script
+        : templates.render(source.template, job.platform, source.vars, { job: job.name, platform: job.platform, uuid });
+    } catch (error) {
+      // Whatever went wrong rendering is the job's problem, never the waiting worker's.
+      const message = error instanceof TemplateError ? error.message : `template ${source.kind === 'template' ? source.template : ''} failed: ${(error as Error).message}`;
+      store.finishRun(uuid, { kind: 'error', message: limitMessage(message) }, now);
+      log('finish', { run: uuid, job: job.name, outcome: `error: ${message}` });
+      const run = store.getRun(uuid);
+      if (run !== null) hub.end(run);
+      return 'skipped';
+    }
+    // The console file is opened before the run is recorded as running: if it cannot be (a full
+    // disk, no file descriptors), the run stays queued and the worker keeps waiting.
+    let console: ConsoleWriter;
+    try {
+      console = this.context.consoles.open(uuid);
+    } catch (error) {
+      log('error', { run: uuid, problem: `cannot open the console file: ${(error as Error).message}` });
+      return 'stop';
+    }
+    const env = job.env ?? {};
+    const secrets = store.secretsOf(job.name);
+    try {
+      store.startRun(uuid, worker.id, source, script, now, { env, secretKeys: Object.keys(secrets) });
+    } catch (error) {
+      console.close(false);
+      throw error;
+    }
+    worker.waiting = false;
+    worker.run = { uuid, job: job.name, console, upload: null, finishing: false, secrets: secretMasks(Object.values(secrets)), progress: null };
+    const given = { ...env, ...secrets };
+    worker.conn.send({
+      type: 'job', uuid, name: job.name, platform: job.platform, script,
+      timeoutSeconds: job.timeoutSeconds ?? options.jobTimeoutSeconds,
+      ...(Object.keys(given).length > 0 ? { env: given } : {}),
+    });
+    log('dispatch', { run: uuid, job: job.name, platform: job.platform, worker: worker.id });
+    const run = store.getRun(uuid);
+    if (run !== null) hub.update(run);
+    return 'started';
   }
 
   async handle(worker: WorkerSession, message: WorkerMessage): Promise<void> {
@@ -331,7 +394,9 @@ export class Dispatcher {
       case 'output': {
         const run = this.currentRun(worker, message.uuid, 'output');
         if (run === null) return;
-        const lines = this.limitConsole(run, normalizeLines(message.lines));
+        const normal = normalizeLines(message.lines);
+        const lines = this.limitConsole(run, run.secrets.length === 0 ? normal
+          : normal.map((line) => ({ ...line, text: maskSecrets(line.text, run.secrets) })));
         if (lines.length === 0) return;
         try {
           run.console.append(lines);
@@ -344,6 +409,15 @@ export class Dispatcher {
           return;
         }
         this.context.hub.lines(run.uuid, lines);
+        return;
+      }
+      case 'progress': {
+        const run = this.currentRun(worker, message.uuid, 'progress');
+        if (run === null) return;
+        run.progress = { percent: message.percent, message: maskSecrets(message.message, run.secrets), at: Date.now() };
+        this.context.store.setProgress(run.uuid, run.progress);
+        const summary = this.context.store.getRun(run.uuid);
+        if (summary !== null) this.context.hub.update(summary);
         return;
       }
       case 'upload': {
@@ -413,7 +487,7 @@ export class Dispatcher {
       this.uploads.delete(run.uuid);
     }
     worker.run = null;
-    worker.stopSilenceTimer();
+    this.watchSilence(worker);
     worker.conn.send({ type: 'finished-ack', uuid: run.uuid });
     log('finish', { run: run.uuid, job: run.job, worker: worker.id, outcome: describeOutcome(outcome), artifacts: artifacts.length, lines: run.console.lines });
     const summary = store.getRun(run.uuid);
@@ -452,12 +526,22 @@ export class Dispatcher {
     worker.startSilenceTimer(this.context.options.heartbeatSeconds, () => this.silent(worker));
   }
 
-  /** A running worker went silent: it is lost; the connection is closed. */
+  /** Starts watching a new worker's heartbeats. */
+  watch(worker: WorkerSession): void {
+    this.watchSilence(worker);
+  }
+
+  /**
+   * A worker went silent for several heartbeats (a hung host, a broken network path): it is gone,
+   * its run (if any) is lost and queued again, and its connection is closed.
+   */
   private silent(worker: WorkerSession): void {
     const seconds = this.context.options.heartbeatSeconds * MISSED_HEARTBEATS;
     this.context.log('error', { worker: worker.id, problem: `no heartbeat for ${seconds}s` });
+    worker.goneReason = `no heartbeat for ${seconds}s`;
+    const running = worker.run !== null && !worker.run.finishing;
     this.loseRun(worker, `no heartbeat from ${worker.id} for ${seconds}s`);
-    worker.conn.fail(`no heartbeat for ${seconds}s: your run was recorded as worker lost and queued again`);
+    worker.conn.fail(`no heartbeat for ${seconds}s${running ? ': your run was recorded as worker lost and queued again' : ''}`);
   }
 
   /** A bad message from a worker ends its connection (its run, if any, is lost and queued again). */
@@ -468,11 +552,12 @@ export class Dispatcher {
   }
 
   removeWorker(worker: WorkerSession, reason: string): void {
-    this.workers.delete(worker);
-    // Remembered for the web view's workers page ("gone"), newest first, for an hour at most.
+    if (!this.workers.delete(worker)) return;
+    // Remembered as gone, newest first, until --forget-workers-after.
     const now = Date.now();
-    this.gone = [{ ...worker.info(), goneAt: now, reason }, ...this.gone]
-      .filter((gone) => now - gone.goneAt < GONE_WORKERS_KEPT_MS).slice(0, GONE_WORKERS_KEPT);
+    this.gone = [{ ...worker.info(this.context.options.heartbeatSeconds, now), status: 'gone' as const, progress: null, goneAt: now, reason: worker.goneReason ?? reason },
+      ...this.recentlyGone()].slice(0, GONE_WORKERS_KEPT);
+    this.context.log('gone', { worker: worker.id, reason: worker.goneReason ?? reason });
     const list = this.waiting.get(worker.platform);
     if (list !== undefined) this.waiting.set(worker.platform, list.filter((w) => w !== worker));
     this.loseRun(worker, `worker ${worker.id} disconnected: ${reason}`);

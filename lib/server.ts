@@ -14,6 +14,7 @@ import { ArtifactFiles } from './artifact-files.js';
 import { type Identity, OPEN_IDENTITY, REQUIRED_ROLE, Tokens, allows, isLoopback } from './auth.js';
 import { ConsoleStore } from './console-log.js';
 import { type Logger, stderrLogger } from './log.js';
+import { Notifier } from './notifier.js';
 import { ObserverHub } from './observers.js';
 import { Retention } from './retention.js';
 import { Scheduler } from './scheduler.js';
@@ -61,6 +62,18 @@ export interface ServerOptions {
   keepRuns: number;
   /** How often free database pages are handed back to the file system. */
   vacuumIntervalSeconds: number;
+  /** Gone workers are listed (workers, the web view) this long, then forgotten. */
+  forgetWorkersSeconds: number;
+  /** Webhook URLs told about every run's events, besides each job's own. */
+  notify: string[];
+  /** Key for the HMAC-SHA256 signature of webhook bodies; null: unsigned. */
+  notifySecret: Buffer | null;
+  /** Attempts per webhook delivery before it is recorded as failed. */
+  notifyAttempts: number;
+  /** Wait after the first failed attempt; doubled after each further one (at most 1 hour). */
+  notifyBackoffMs: number;
+  /** Base of the links in webhook bodies (the web view's address); null: derived from --http. */
+  publicUrl: string | null;
   log: Logger;
 }
 
@@ -83,6 +96,12 @@ export const DEFAULT_SERVER_OPTIONS: Omit<ServerOptions, 'stateDir' | 'templates
   allowPlaintext: false,
   keepRuns: 0,
   vacuumIntervalSeconds: 3600,
+  forgetWorkersSeconds: 3600,
+  notify: [],
+  notifySecret: null,
+  notifyAttempts: 8,
+  notifyBackoffMs: 2000,
+  publicUrl: null,
   log: stderrLogger,
 };
 
@@ -98,6 +117,9 @@ export interface ServerContext {
   dispatcher: Dispatcher;
   retention: Retention;
   tokens: Tokens;
+  notifier: Notifier;
+  /** Where the web view listens, once it does. */
+  webAddress: string | null;
   log: Logger;
 }
 
@@ -129,7 +151,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const templates = new Templates(options.templatesDir);
   const hub = new ObserverHub(consoles, { maxBacklogBytes: options.observerBacklogBytes });
   const tokens = new Tokens(options.stateDir);
-  const context = { options, store, consoles, artifacts, templates, hub, tokens, log } as ServerContext;
+  const context = { options, store, consoles, artifacts, templates, hub, tokens, log, webAddress: null } as ServerContext;
+  context.notifier = new Notifier(context);
+  store.onRunEvent = (event, uuid) => context.notifier.record(event, uuid);
   context.dispatcher = new Dispatcher(context);
   context.scheduler = new Scheduler(store, (runs) => context.dispatcher.queued(runs),
     (error) => log('error', { during: 'scheduling', problem: error.message }));
@@ -183,6 +207,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   if (options.http !== null) {
     try {
       web = await startWeb(context, options.http);
+      context.webAddress = web.address;
     } catch (error) {
       server.close();
       store.close();
@@ -190,11 +215,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     }
   }
 
+  context.notifier.start();
   return {
     address,
     webAddress: web?.address ?? null,
     context,
     async close() {
+      context.notifier.stop();
       await web?.close();
       context.retention.stop();
       context.scheduler.stop();
@@ -282,7 +309,7 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
       identity = who;
       conn.send({
         type: 'welcome', version: PROTOCOL_VERSION, software: SOFTWARE,
-        heartbeatSeconds: options.heartbeatSeconds, maxFrameBytes: options.maxFrameBytes,
+        heartbeatSeconds: options.heartbeatSeconds, maxFrameBytes: options.maxFrameBytes, features: ['progress'],
       });
       if (hello.role === 'client') {
         role = 'client';

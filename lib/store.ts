@@ -11,7 +11,7 @@ import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import { limitMessage } from '../protocol/types.js';
 import type {
-  Artifact, JobSource, Outcome, Period, QueueEntry, RunDetail, RunState, RunSummary,
+  Artifact, Delivery, Env, JobSource, Outcome, Period, Progress, QueueEntry, RunDetail, RunState, RunSummary,
 } from '../protocol/types.js';
 
 /** Numbered migrations; PRAGMA user_version records how many have run. Never edit one that shipped. */
@@ -85,6 +85,38 @@ const MIGRATIONS: string[] = [
   -- only their own jobs.
   ALTER TABLE jobs ADD COLUMN owner TEXT;
   `,
+  `
+  -- Labels a worker must have, the job's environment and its webhook URLs (JSON; NULL: none).
+  ALTER TABLE jobs ADD COLUMN requires TEXT;
+  ALTER TABLE jobs ADD COLUMN env TEXT;
+  ALTER TABLE jobs ADD COLUMN notify TEXT;
+  -- Secret variables, apart from everything that is ever listed or shown.
+  CREATE TABLE job_secrets (
+    job   TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (job, key)
+  );
+  -- What a run was given at dispatch (secrets by name only), and the progress it last reported.
+  ALTER TABLE runs ADD COLUMN env TEXT;
+  ALTER TABLE runs ADD COLUMN secret_keys TEXT;
+  ALTER TABLE runs ADD COLUMN progress TEXT;
+  -- Webhook deliveries, written in the transaction of the event they announce, so none is lost.
+  CREATE TABLE deliveries (
+    id         INTEGER PRIMARY KEY,
+    run_uuid   TEXT NOT NULL,
+    event      TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    state      TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    next_at    INTEGER NOT NULL,
+    last_error TEXT,
+    updated_at INTEGER NOT NULL
+  );
+  CREATE INDEX deliveries_pending ON deliveries(url, id) WHERE state = 'pending';
+  CREATE INDEX deliveries_run ON deliveries(run_uuid);
+  `,
 ];
 
 export interface JobRecord {
@@ -98,17 +130,48 @@ export interface JobRecord {
   keepRuns: number | null;
   /** The name of the token that created the job; null when made on a server without tokens. */
   owner?: string | null;
+  /** Labels a worker must have to be given this job. */
+  requires?: string[];
+  env?: Env;
+  /** Webhook URLs for this job's run events. */
+  notify?: string[];
   createdAt: number;
 }
 
 interface JobRow {
   name: string; platform: string; source: string; period: string; next_due: number | null;
   timeout_s: number | null; keep_runs: number | null; owner: string | null; created_at: number;
+  requires: string | null; env: string | null; notify: string | null;
 }
 interface RunRow {
   uuid: string; job: string; platform: string; state: RunState; worker: string | null; source: string | null;
   script: string | null; queued_at: number; started_at: number | null; finished_at: number | null;
-  outcome: string | null; console_lines: number;
+  outcome: string | null; console_lines: number; env: string | null; secret_keys: string | null; progress: string | null;
+}
+
+interface DeliveryRow {
+  id: number; run_uuid: string; event: Delivery['event']; url: string; body: string; state: Delivery['state'];
+  attempts: number; next_at: number; last_error: string | null; updated_at: number;
+}
+
+/** A webhook delivery waiting to be sent. */
+export interface PendingDelivery {
+  id: number;
+  run: string;
+  event: Delivery['event'];
+  url: string;
+  body: string;
+  attempts: number;
+  nextAt: number;
+}
+
+/** Run events that webhooks announce; see Store's `onRunEvent`. */
+export type RunEvent = 'queued' | 'started' | 'finished';
+
+/** JSON of a list or map, NULL when empty (most jobs have none). */
+function jsonOrNull(value: string[] | Record<string, string> | undefined): string | null {
+  if (value === undefined) return null;
+  return (Array.isArray(value) ? value.length : Object.keys(value).length) === 0 ? null : JSON.stringify(value);
 }
 
 function toJob(row: JobRow): JobRecord {
@@ -121,6 +184,9 @@ function toJob(row: JobRow): JobRecord {
     timeoutSeconds: row.timeout_s,
     keepRuns: row.keep_runs,
     owner: row.owner,
+    requires: row.requires === null ? [] : (JSON.parse(row.requires) as string[]),
+    env: row.env === null ? {} : (JSON.parse(row.env) as Env),
+    notify: row.notify === null ? [] : (JSON.parse(row.notify) as string[]),
     createdAt: row.created_at,
   };
 }
@@ -139,6 +205,7 @@ function toRun(row: RunRow): RunSummary {
     startedAt: row.started_at,
     finishedAt: row.finished_at,
     outcome: row.outcome === null ? null : (JSON.parse(row.outcome) as Outcome),
+    progress: row.progress === null ? null : (JSON.parse(row.progress) as Progress),
   };
 }
 
@@ -155,6 +222,12 @@ export class Store {
 
   /** Finished runs kept per job unless the job says otherwise; 0 keeps all. */
   readonly keepRuns: number;
+
+  /**
+   * Called inside the transaction of every run event (a fresh run queued, a run started, a run
+   * finished), so that what it writes (webhook deliveries) commits or rolls back with the event.
+   */
+  onRunEvent: ((event: RunEvent, uuid: string) => void) | null = null;
 
   constructor(path: string, options: { strict?: boolean; keepRuns?: number } = {}) {
     this.keepRuns = options.keepRuns ?? 0;
@@ -228,7 +301,7 @@ export class Store {
   }
 
   /** Adds a job (or replaces one of the same name when `replace`), and queues it in the same transaction. */
-  putJob(job: JobRecord, replace: boolean, now: number): { replaced: boolean; enqueued: Enqueued | null; cancelled: string | null } {
+  putJob(job: JobRecord, replace: boolean, now: number, secrets: Env = {}): { replaced: boolean; enqueued: Enqueued | null; cancelled: string | null } {
     return this.db.transaction(() => {
       const existing = this.getJob(job.name);
       if (existing !== null && !replace) throw new StoreError(`job ${job.name} already exists; give --replace to replace it`);
@@ -236,10 +309,14 @@ export class Store {
       if (existing !== null) {
         if (existing.platform !== job.platform) cancelled = this.removeQueued(job.name, 'job replaced for another platform', now);
         this.db.prepare('DELETE FROM jobs WHERE name = ?').run(job.name);
+        this.db.prepare('DELETE FROM job_secrets WHERE job = ?').run(job.name);
       }
-      this.db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, keep_runs, owner, created_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
-        JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, job.keepRuns, job.owner ?? null, existing?.createdAt ?? job.createdAt);
+      this.db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, keep_runs, owner, requires, env, notify, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
+        JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, job.keepRuns, job.owner ?? null,
+        jsonOrNull(job.requires), jsonOrNull(job.env), jsonOrNull(job.notify), existing?.createdAt ?? job.createdAt);
+      const secret = this.db.prepare('INSERT INTO job_secrets (job, key, value) VALUES (?, ?, ?)');
+      for (const [key, value] of Object.entries(secrets)) secret.run(job.name, key, value);
       if (existing !== null) this.pruneLocked(job.name);
       const enqueued = this.isDropped(job.platform) ? null : this.enqueueLocked(job.name, job.platform, false, now);
       return { replaced: existing !== null, enqueued, cancelled };
@@ -250,8 +327,20 @@ export class Store {
   deleteJob(name: string, now: number): { existed: boolean; cancelled: string | null } {
     return this.db.transaction(() => {
       const cancelled = this.removeQueued(name, 'job unscheduled', now);
+      this.db.prepare('DELETE FROM job_secrets WHERE job = ?').run(name);
       return { existed: this.db.prepare('DELETE FROM jobs WHERE name = ?').run(name).changes > 0, cancelled };
     })();
+  }
+
+  /** A job's secret variables, for the worker that runs it. Never listed anywhere else. */
+  secretsOf(name: string): Env {
+    const rows = this.db.prepare('SELECT key, value FROM job_secrets WHERE job = ? ORDER BY key').all(name) as { key: string; value: string }[];
+    return Object.fromEntries(rows.map((row) => [row.key, row.value]));
+  }
+
+  /** The names (only) of a job's secret variables. */
+  secretKeysOf(name: string): string[] {
+    return (this.db.prepare('SELECT key FROM job_secrets WHERE job = ? ORDER BY key').all(name) as { key: string }[]).map((row) => row.key);
   }
 
   setSchedule(name: string, nextDue: number | null, period: Period | null): boolean {
@@ -309,6 +398,7 @@ export class Store {
     const uuid = randomUUID();
     this.db.prepare(`INSERT INTO runs (uuid, job, platform, state, queued_at) VALUES (?, ?, ?, 'queued', ?)`).run(uuid, name, platform, now);
     this.db.prepare('INSERT INTO queue (run_uuid, job, platform, position) VALUES (?, ?, ?, ?)').run(uuid, name, platform, position);
+    this.onRunEvent?.('queued', uuid);
     return { uuid, job: name, platform, fresh: true };
   }
 
@@ -318,6 +408,21 @@ export class Store {
     this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(waiting.run_uuid);
     this.finishLocked(waiting.run_uuid, { kind: 'cancelled', message }, now);
     return waiting.run_uuid;
+  }
+
+  /**
+   * The first queued run of `platform` that a worker with `labels` may take: its job requires no
+   * label the worker lacks. A job waiting for a label nobody has does not hold up the jobs behind it.
+   */
+  nextFor(platform: string, labels: string[]): { uuid: string; job: JobRecord } | null {
+    const row = this.db.prepare(`SELECT q.run_uuid, q.job FROM queue q JOIN jobs j ON j.name = q.job
+      WHERE q.platform = ? AND (j.requires IS NULL OR NOT EXISTS (
+        SELECT 1 FROM json_each(j.requires) needed WHERE needed.value NOT IN (SELECT value FROM json_each(?))))
+      ORDER BY q.position LIMIT 1`).get(platform, JSON.stringify(labels)) as { run_uuid: string; job: string } | undefined;
+    if (row === undefined) return null;
+    const job = this.getJob(row.job);
+    if (job === null) throw new Error(`queue entry ${row.run_uuid} names job ${row.job}, which does not exist`);
+    return { uuid: row.run_uuid, job };
   }
 
   /** The front of a platform's queue, without taking it. */
@@ -346,21 +451,28 @@ export class Store {
   // ---- runs -------------------------------------------------------------------------------------------
 
   /** Takes a queued run off its queue and records it as running on `worker` with its rendered script. */
-  startRun(uuid: string, worker: string, source: JobSource, script: string, now: number): void {
+  startRun(uuid: string, worker: string, source: JobSource, script: string, now: number, given: { env?: Env; secretKeys?: string[] } = {}): void {
     this.db.transaction(() => {
       if (this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(uuid).changes !== 1) throw new Error(`run ${uuid} is not queued`);
-      this.db.prepare(`UPDATE runs SET state = 'running', worker = ?, source = ?, script = ?, started_at = ? WHERE uuid = ?`)
-        .run(worker, JSON.stringify(source), script, now, uuid);
+      this.db.prepare(`UPDATE runs SET state = 'running', worker = ?, source = ?, script = ?, started_at = ?, env = ?, secret_keys = ? WHERE uuid = ?`)
+        .run(worker, JSON.stringify(source), script, now, jsonOrNull(given.env), jsonOrNull(given.secretKeys), uuid);
+      this.onRunEvent?.('started', uuid);
     })();
+  }
+
+  /** Keeps the progress a running run last reported. */
+  setProgress(uuid: string, progress: Progress): void {
+    this.db.prepare(`UPDATE runs SET progress = ? WHERE uuid = ? AND state = 'running'`).run(JSON.stringify(progress), uuid);
   }
 
   /** Records how a run ended, with its artifacts, in one transaction. */
   finishRun(uuid: string, outcome: Outcome, now: number, artifacts: Artifact[] = [], consoleLines = 0): void {
     this.db.transaction(() => {
       this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(uuid);
-      this.finishLocked(uuid, outcome, now, consoleLines);
+      // Artifacts first: the run's `finished` event (a webhook) lists them.
       const insert = this.db.prepare('INSERT INTO artifacts (run_uuid, path, size, sha256) VALUES (?, ?, ?, ?)');
       for (const artifact of artifacts) insert.run(uuid, artifact.path, artifact.size, artifact.sha256);
+      this.finishLocked(uuid, outcome, now, consoleLines);
     })();
   }
 
@@ -369,6 +481,7 @@ export class Store {
       WHERE uuid = ? AND state != 'finished'`).run(JSON.stringify(outcome), now, consoleLines, uuid).changes;
     if (changed !== 1) throw new StoreError(`run ${uuid} is not queued or running`);
     const job = (this.db.prepare('SELECT job FROM runs WHERE uuid = ?').get(uuid) as { job: string }).job;
+    this.onRunEvent?.('finished', uuid);
     this.pruneLocked(job, uuid);
   }
 
@@ -390,6 +503,7 @@ export class Store {
       }
       garbage.run('console', uuid);
       this.db.prepare('DELETE FROM artifacts WHERE run_uuid = ?').run(uuid);
+      this.db.prepare('DELETE FROM deliveries WHERE run_uuid = ?').run(uuid);
       this.db.prepare('DELETE FROM runs WHERE uuid = ?').run(uuid);
     }
     return old.length;
@@ -488,7 +602,39 @@ export class Store {
       source: row.source === null ? null : (JSON.parse(row.source) as JobSource),
       consoleLines: row.console_lines,
       artifacts: this.artifactsOf(uuid),
+      env: row.env === null ? {} : (JSON.parse(row.env) as Env),
+      secretKeys: row.secret_keys === null ? [] : (JSON.parse(row.secret_keys) as string[]),
+      deliveries: this.deliveriesOf(uuid),
     };
+  }
+
+  // ---- webhook deliveries ---------------------------------------------------------------------------
+
+  /** Records deliveries of one event (called from onRunEvent, inside the event's transaction). */
+  addDeliveries(uuid: string, event: RunEvent, urls: string[], body: string, now: number): void {
+    const insert = this.db.prepare(`INSERT INTO deliveries (run_uuid, event, url, body, next_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)`);
+    for (const url of urls) insert.run(uuid, event, url, body, now, now);
+  }
+
+  /**
+   * The deliveries to try next: per URL, its oldest pending one (a URL's events go out in order),
+   * each with the time it is due.
+   */
+  deliveryHeads(limit = 1000): PendingDelivery[] {
+    return (this.db.prepare(`SELECT * FROM deliveries WHERE id IN (SELECT MIN(id) FROM deliveries WHERE state = 'pending' GROUP BY url)
+      ORDER BY next_at, id LIMIT ?`).all(limit) as DeliveryRow[])
+      .map((row) => ({ id: row.id, run: row.run_uuid, event: row.event, url: row.url, body: row.body, attempts: row.attempts, nextAt: row.next_at }));
+  }
+
+  /** The result of one attempt: delivered, failed for good, or to be tried again at `retryAt`. */
+  deliveryAttempt(id: number, result: { state: Delivery['state']; error: string | null; retryAt: number }, now: number): void {
+    this.db.prepare(`UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?, updated_at = ? WHERE id = ?`)
+      .run(result.state, result.error, result.retryAt, now, id);
+  }
+
+  deliveriesOf(uuid: string): Delivery[] {
+    return (this.db.prepare('SELECT * FROM deliveries WHERE run_uuid = ? ORDER BY id').all(uuid) as DeliveryRow[])
+      .map((row) => ({ url: row.url, event: row.event, state: row.state, attempts: row.attempts, lastError: row.last_error, updatedAt: row.updated_at }));
   }
 
   runsOfJob(name: string, limit: number): RunSummary[] {

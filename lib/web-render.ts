@@ -10,7 +10,7 @@ import { diffLines } from 'diff';
 import Handlebars from 'handlebars';
 import type { ConsoleLine, RunSummary } from '../protocol/types.js';
 import { describeOutcome } from '../protocol/types.js';
-import { formatElapsed, formatTime, runStatus } from './client-commands.js';
+import { formatElapsed, formatProgress, formatTime, runStatus } from './client-commands.js';
 import { PACKAGE_ROOT } from './platform.js';
 
 export const WEB_DIR = path.join(PACKAGE_ROOT, 'web');
@@ -59,6 +59,8 @@ export function runView(run: RunSummary): Record<string, unknown> {
     started: formatTime(run.startedAt),
     finished: formatTime(run.finishedAt),
     duration: duration === null ? '-' : formatElapsed(duration),
+    progressText: run.progress === null || run.progress === undefined ? null : formatProgress(run.progress),
+    progressPercent: run.progress?.percent ?? null,
   };
 }
 

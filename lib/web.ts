@@ -12,10 +12,11 @@ import type { ServerToClient } from '../protocol/messages.js';
 import { formatAddress, parseAddress } from '../protocol/connection.js';
 import type { Artifact, ConsoleLine, RunDetail } from '../protocol/types.js';
 import { UUID_PATTERN } from '../protocol/types.js';
-import { runStatus, streamMarker, toJson } from './client-commands.js';
+import { formatProgress, runStatus, streamMarker, toJson } from './client-commands.js';
 import { isLoopback } from './auth.js';
 import type { ObserverSink } from './observers.js';
-import { describePeriod } from './period.js';
+import { describePeriod, formatDuration } from './period.js';
+import { queuesWithReasons } from './server-requests.js';
 import type { ServerContext } from './server.js';
 import {
   Pages, WEB_DIR, badgeSvg, consoleLineHtml, durationChartSvg, formatBytes, lineDiff, runView,
@@ -305,6 +306,10 @@ class WebView {
       model: {
         ...runView(run), script: run.script, source: run.source, consoleLines: run.consoleLines, live: run.state !== 'finished',
         offset: offset ?? 0, previous: previous?.uuid ?? null,
+        // Secrets by name only: their values never leave the server except to the worker.
+        env: [...Object.entries(run.env ?? {}).map(([key, value]) => ({ key, value, secret: false })),
+          ...(run.secretKeys ?? []).map((key) => ({ key, value: '***', secret: true }))],
+        deliveries: run.deliveries ?? [],
         artifacts: run.artifacts.map((artifact) => ({ ...artifact, sizeText: formatBytes(artifact.size) })),
         console: CONSOLE_MARK,
       },
@@ -504,22 +509,23 @@ class WebView {
   }
 
   private workers(): Answer {
-    const { dispatcher, options } = this.context;
-    const now = Date.now();
-    // Every worker, idle or busy, heartbeats each period: one missed beat is late, three are gone.
-    const late = options.heartbeatSeconds * 1000 * 1.5;
-    const connected = dispatcher.list().map((worker) => ({ ...worker, status: now - worker.lastSeen > late ? 'late' : 'active' }));
-    const gone = dispatcher.recentlyGone().map((worker) => ({ ...worker, status: 'gone' }));
+    // Every worker, idle or busy, heartbeats each period: late after 1.5 periods of silence, gone
+    // after 3 (its run is queued again); gone ones are listed until --forget-workers-after.
+    const workers = this.context.dispatcher.listAll();
     return {
       page: 'workers', title: 'Workers',
-      model: { workers: [...connected, ...gone], none: connected.length === 0 && gone.length === 0 },
-      json: { workers: [...connected, ...gone] },
+      model: {
+        workers: workers.map((worker) => ({ ...worker, progressText: worker.progress === null || worker.progress === undefined ? null : formatProgress(worker.progress) })),
+        none: workers.length === 0,
+        forget: formatDuration(this.context.options.forgetWorkersSeconds),
+      },
+      json: { workers },
     };
   }
 
   private queue(): Answer {
     const { store } = this.context;
-    const queues = store.queues();
+    const queues = queuesWithReasons(this.context);
     const running = store.runsInState('running');
     const platforms = [...new Set([...Object.keys(queues), ...running.map((run) => run.platform)])].sort();
     return {

@@ -11,6 +11,7 @@ import { ConnectionClosed, Inbox } from '../protocol/inbox.js';
 import { type JobAssignment, ServerToWorker, type Welcome } from '../protocol/messages.js';
 import type { ConsoleLine, Outcome } from '../protocol/types.js';
 import { describeOutcome, limitMessage } from '../protocol/types.js';
+import { ProgressWatcher } from './progress.js';
 import type { Sandbox } from './sandbox.js';
 import { ProcessSandbox } from './sandbox-process.js';
 import { SOFTWARE } from './version.js';
@@ -234,15 +235,27 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   const note = (text: string): void => emit([{ at: Date.now() - started, stream: 'builder', text }]);
 
   let outcome: Outcome;
+  let progress: ProgressWatcher | null = null;
   try {
-    await sandbox.prepare({ uuid: job.uuid, name: job.name, platform: job.platform, script: job.script, timeoutSeconds: job.timeoutSeconds });
+    await sandbox.prepare({ uuid: job.uuid, name: job.name, platform: job.platform, script: job.script, timeoutSeconds: job.timeoutSeconds, env: job.env ?? {} });
+    const file = sandbox.progressFile();
+    // An older server would take a progress message for a protocol violation: only if it says so.
+    if (file !== null && (welcome.features ?? []).includes('progress')) {
+      progress = new ProgressWatcher(file, (value) => {
+        flush();
+        conn.send({ type: 'progress', uuid: job.uuid, percent: value.percent, message: value.message });
+      });
+      progress.start();
+    }
     outcome = await sandbox.run({ lines: emit });
+    progress?.stop();
     // Uploading may stall on a busy server disk (it stops reading from us): not a silence that counts.
     watchServer = false;
     flush();
   } catch (error) {
     outcome = { kind: 'error', message: (error as Error).message };
   }
+  progress?.stop();
   if (!lost && outcome.kind !== 'error') {
     try {
       for await (const chunk of tarStream(sandbox.collect(note))) {

@@ -5,7 +5,8 @@
  */
 import { z } from 'zod';
 import {
-  Artifact, ConsoleLine, Info, JobSource, MAX_TIMEOUT_SECONDS, Name, Outcome, Period, RunDetail, RunSummary, Timestamp, Uuid, WorkerInfo,
+  Artifact, ConsoleLine, Env, Info, JobSource, Label, MAX_TIMEOUT_SECONDS, Name, NotifyUrl, Outcome, Period, RunDetail, RunSummary,
+  Timestamp, Uuid, WorkerInfo,
 } from './types.js';
 
 /** Bumped on every incompatible change to a message. Both sides must speak the same version. */
@@ -16,7 +17,6 @@ export const CHUNK_BYTES = 256 * 1024;
 
 const RequestId = z.number().int().nonnegative();
 const Bytes = z.custom<Uint8Array>((value) => value instanceof Uint8Array, 'must be binary data');
-const Label = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:=-]{0,63}$/, 'labels are 1-64 characters of A-Z a-z 0-9 . _ : = -');
 
 // ---- handshake --------------------------------------------------------------------------------
 
@@ -45,6 +45,8 @@ export const Welcome = z.object({
   /** Workers send a heartbeat this often (idle or running); the server answers each one. */
   heartbeatSeconds: z.number().positive(),
   maxFrameBytes: z.number().int().positive(),
+  /** What this server understands beyond protocol version 1's messages: 'progress'. */
+  features: z.array(z.string()).optional(),
 });
 export type Welcome = z.infer<typeof Welcome>;
 
@@ -61,6 +63,18 @@ export const ScheduleRequest = z.object({
   timeoutSeconds: z.number().int().positive().max(MAX_TIMEOUT_SECONDS).nullable(),
   /** Finished runs to keep; older ones are removed. Absent or null: the server's --keep-runs. */
   keepRuns: z.number().int().positive().max(1_000_000).nullable().optional(),
+  /** Labels a worker must have (all of them) to be given this job. */
+  requires: z.array(Label).max(32).optional(),
+  /** Variables set for the job, shown in show and the web view. */
+  env: Env.optional(),
+  /** Variables set for the job whose values are never shown, and masked as *** in its console. */
+  secretEnv: Env.optional(),
+  /** URLs that receive a POST when a run of this job is queued, starts and finishes. */
+  notify: z.array(NotifyUrl).max(16).optional(),
+}).superRefine((request, ctx) => {
+  for (const key of Object.keys(request.secretEnv ?? {})) {
+    if (request.env !== undefined && key in request.env) ctx.addIssue({ code: 'custom', path: ['secretEnv', key], message: `${key} is given both as a variable and as a secret` });
+  }
 });
 export const UnscheduleRequest = z.object({ type: z.literal('unschedule'), id: RequestId, name: Name });
 export const ExecuteRequest = z.object({ type: z.literal('execute'), id: RequestId, name: Name });
@@ -127,13 +141,19 @@ export const Output = z.object({ type: z.literal('output'), uuid: Uuid, lines: z
 export const Heartbeat = z.object({ type: z.literal('heartbeat'), uuid: Uuid.nullable() });
 export const Upload = z.object({ type: z.literal('upload'), uuid: Uuid, chunk: Bytes });
 export const Finished = z.object({ type: z.literal('finished'), uuid: Uuid, outcome: Outcome });
+/** The job's latest progress (sent only to a server whose welcome lists the 'progress' feature). */
+export const ProgressReport = z.object({
+  type: z.literal('progress'), uuid: Uuid, percent: z.number().min(0).max(100).nullable(), message: z.string().max(200),
+});
 
-export const WorkerMessage = z.discriminatedUnion('type', [RequestJob, Output, Heartbeat, Upload, Finished]);
+export const WorkerMessage = z.discriminatedUnion('type', [RequestJob, Output, Heartbeat, Upload, Finished, ProgressReport]);
 export type WorkerMessage = z.infer<typeof WorkerMessage>;
 
 export const JobAssignment = z.object({
   type: z.literal('job'), uuid: Uuid, name: Name, platform: Name, script: z.string(),
   timeoutSeconds: z.number().int().positive().max(MAX_TIMEOUT_SECONDS),
+  /** Variables for the job, secrets included (absent: none). */
+  env: z.record(z.string(), z.string()).optional(),
 });
 export const FinishedAck = z.object({ type: z.literal('finished-ack'), uuid: Uuid });
 export const CancelRun = z.object({ type: z.literal('cancel-run'), uuid: Uuid, message: z.string() });

@@ -41,6 +41,51 @@ export const Period = z.discriminatedUnion('kind', [
 ]);
 export type Period = z.infer<typeof Period>;
 
+/** Worker labels, and the labels a job requires of its worker. */
+export const Label = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:=-]{0,63}$/, 'labels are 1-64 characters of A-Z a-z 0-9 . _ : = -');
+
+/**
+ * A job's environment: names are shell identifiers; BUILDER_* is builder's own (BUILDER_UUID,
+ * BUILDER_PROGRESS, ...) and cannot be set by a job.
+ */
+export const ENV_KEY_PATTERN = /^(?!BUILDER_)[A-Za-z_][A-Za-z0-9_]*$/;
+export const Env = z.record(
+  z.string().max(256).regex(ENV_KEY_PATTERN, 'environment variable names are identifiers (A-Z a-z 0-9 _, not starting with a digit), and BUILDER_* is reserved'),
+  z.string().max(65536),
+).refine((env) => Object.keys(env).length <= 256, 'at most 256 environment variables');
+export type Env = z.infer<typeof Env>;
+
+/** What a job last said about its progress (BUILDER_PROGRESS / builder-progress). */
+export const Progress = z.object({
+  /** 0-100, or null when the job gave only a message. */
+  percent: z.number().min(0).max(100).nullable(),
+  message: z.string().max(200),
+  /** When the server received it. */
+  at: Timestamp,
+});
+export type Progress = z.infer<typeof Progress>;
+
+/** A webhook URL: http or https, nothing else. */
+export const NotifyUrl = z.string().max(2048).refine((text) => {
+  try {
+    const url = new URL(text);
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '';
+  } catch {
+    return false;
+  }
+}, 'must be an http:// or https:// URL');
+
+/** One webhook delivery of a run event, as `show` lists it. */
+export const Delivery = z.object({
+  url: z.string(),
+  event: z.enum(['queued', 'started', 'finished']),
+  state: z.enum(['pending', 'delivered', 'failed']),
+  attempts: z.number().int().nonnegative(),
+  lastError: z.string().nullable(),
+  updatedAt: Timestamp,
+});
+export type Delivery = z.infer<typeof Delivery>;
+
 /** Template variables: string to string. */
 export const Vars = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'variable names are identifiers'), z.string().max(65536));
 export type Vars = z.infer<typeof Vars>;
@@ -97,6 +142,8 @@ export const RunSummary = z.object({
   startedAt: Timestamp.nullable(),
   finishedAt: Timestamp.nullable(),
   outcome: Outcome.nullable(),
+  /** The latest progress the job reported, kept with the run. */
+  progress: Progress.nullable().optional(),
 });
 export type RunSummary = z.infer<typeof RunSummary>;
 
@@ -106,6 +153,11 @@ export const RunDetail = RunSummary.extend({
   source: JobSource.nullable(),
   consoleLines: z.number().int().nonnegative(),
   artifacts: z.array(Artifact),
+  /** The environment the run was given (set at dispatch); secrets are listed by name only. */
+  env: Env.optional(),
+  secretKeys: z.array(z.string()).optional(),
+  /** Webhook deliveries of this run's events. */
+  deliveries: z.array(Delivery).optional(),
 });
 export type RunDetail = z.infer<typeof RunDetail>;
 
@@ -128,6 +180,12 @@ export const JobInfo = z.object({
   timeoutSeconds: z.number().int().positive().nullable(),
   /** Finished runs kept (older ones removed); null: the server's --keep-runs. */
   keepRuns: z.number().int().positive().nullable().optional(),
+  /** Labels a worker must have to run this job. */
+  requires: z.array(Label).optional(),
+  env: Env.optional(),
+  /** Names of the job's secret variables; their values are never sent to clients. */
+  secretKeys: z.array(z.string()).optional(),
+  notify: z.array(z.string()).optional(),
 });
 export type JobInfo = z.infer<typeof JobInfo>;
 
@@ -141,10 +199,21 @@ export const WorkerInfo = z.object({
   connectedAt: Timestamp,
   lastSeen: Timestamp,
   run: Uuid.nullable(),
+  /** active: heard from within 1.5 heartbeats; late: not; gone: disconnected or silent too long. */
+  status: z.enum(['active', 'late', 'gone']).optional(),
+  /** The progress of the run it is running. */
+  progress: Progress.nullable().optional(),
+  /** For a gone worker: when and why it left. */
+  goneAt: Timestamp.nullable().optional(),
+  reason: z.string().nullable().optional(),
 });
 export type WorkerInfo = z.infer<typeof WorkerInfo>;
 
-export const QueueEntry = z.object({ uuid: Uuid, job: Name, queuedAt: Timestamp });
+export const QueueEntry = z.object({
+  uuid: Uuid, job: Name, queuedAt: Timestamp,
+  /** Why no connected worker can take it (platform or labels), or null/absent when one could. */
+  blocked: z.string().nullable().optional(),
+});
 export type QueueEntry = z.infer<typeof QueueEntry>;
 
 export const Info = z.object({
@@ -164,6 +233,12 @@ export function limitMessage(message: string): string {
 /** Outcomes that count as success: only a clean exit 0. */
 export function isSuccess(outcome: Outcome | null): boolean {
   return outcome !== null && outcome.kind === 'exited' && outcome.code === 0;
+}
+
+/** One word for where a run is: queued | running | success | failed. */
+export function runStatus(run: { state: RunState; outcome: Outcome | null }): 'queued' | 'running' | 'success' | 'failed' {
+  if (run.state !== 'finished') return run.state;
+  return isSuccess(run.outcome) ? 'success' : 'failed';
 }
 
 /** One short phrase for an outcome, as printed by the CLI and written to logs. */

@@ -37,6 +37,9 @@ function job(name: string, overrides: Partial<JobRecord> = {}): JobRecord {
     timeoutSeconds: null,
     keepRuns: null,
     owner: null,
+    requires: [],
+    env: {},
+    notify: [],
     createdAt: 1,
     ...overrides,
   };
@@ -71,14 +74,14 @@ afterEach(() => {
 });
 
 describe('opening and migrations', () => {
-  it('runs the migrations on a new file and sets user_version to their number (3), in incremental auto-vacuum mode', () => {
+  it('runs the migrations on a new file and sets user_version to their number (4), in incremental auto-vacuum mode', () => {
     const store = openStore();
-    expect(store.schemaVersion).toBe(3);
-    expect(store.db.pragma('user_version', { simple: true })).toBe(3);
+    expect(store.schemaVersion).toBe(4);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(4);
     expect(store.db.pragma('auto_vacuum', { simple: true })).toBe(2);
     const tables = (store.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[])
       .map((row) => row.name);
-    expect(tables).toEqual(['artifacts', 'dropped_platforms', 'garbage', 'jobs', 'queue', 'runs']);
+    expect(tables).toEqual(['artifacts', 'deliveries', 'dropped_platforms', 'garbage', 'job_secrets', 'jobs', 'queue', 'runs']);
     expect(fs.existsSync(file)).toBe(true);
   });
 
@@ -100,19 +103,19 @@ describe('opening and migrations', () => {
     const uuid = put(first, job('nightly'));
     closeStore(first);
     const second = openStore();
-    expect(second.schemaVersion).toBe(3);
+    expect(second.schemaVersion).toBe(4);
     expect(second.getJob('nightly')?.name).toBe('nightly');
     expect(second.getRun(uuid)?.state).toBe('queued');
   });
 
-  it('does not re-run migrations on a database that has user_version 3', () => {
+  it('does not re-run migrations on a database that has user_version 4', () => {
     // A database claiming to be at version 3 but without any tables: if the store ran the migrations
     // again the tables would appear.
     const raw = new Database(file);
-    raw.pragma('user_version = 3');
+    raw.pragma('user_version = 4');
     raw.close();
     const store = openStore();
-    expect(store.schemaVersion).toBe(3);
+    expect(store.schemaVersion).toBe(4);
     expect(store.db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table'").get()).toEqual({ n: 0 });
   });
 
@@ -124,7 +127,7 @@ describe('opening and migrations', () => {
     const error = thrown(() => new Store(file));
     expect(error).toBeInstanceOf(Error);
     expect((error as Error).message).toBe(
-      'the state database has schema version 7, newer than this builder-server knows (3); run a newer builder-server',
+      'the state database has schema version 7, newer than this builder-server knows (4); run a newer builder-server',
     );
     const check = new Database(file);
     expect(check.pragma('user_version', { simple: true })).toBe(7);
@@ -151,7 +154,7 @@ describe('jobs', () => {
     expect(store.listJobs()).toEqual([record]);
     expect(store.getRun(uuid)).toEqual({
       uuid, job: 'nightly', platform: 'debian-12', state: 'queued', worker: null,
-      queuedAt: 50, startedAt: null, finishedAt: null, outcome: null,
+      queuedAt: 50, startedAt: null, finishedAt: null, outcome: null, progress: null,
     });
     expect(store.queues()).toEqual({ 'debian-12': [{ uuid, job: 'nightly', queuedAt: 50 }] });
     expect(store.queueFront('debian-12')).toEqual({ uuid, job: record });
@@ -340,7 +343,7 @@ describe('runs', () => {
     expect(store.queueFront('debian-12')?.uuid).toBe(b);
     expect(store.getRun(a)).toEqual({
       uuid: a, job: 'a', platform: 'debian-12', state: 'running', worker: 'worker-7',
-      queuedAt: 10, startedAt: 200, finishedAt: null, outcome: null,
+      queuedAt: 10, startedAt: 200, finishedAt: null, outcome: null, progress: null,
     });
     expect(store.runDetail(a)).toMatchObject({ script: '#!/bin/sh\nbuild x\n', source, consoleLines: 0, artifacts: [] });
     expect(store.runsInState('running').map((run) => run.uuid)).toEqual([a]);
@@ -367,7 +370,7 @@ describe('runs', () => {
     store.finishRun(a, { kind: 'exited', code: 0 }, 300, artifacts, 42);
     expect(store.getRun(a)).toEqual({
       uuid: a, job: 'a', platform: 'debian-12', state: 'finished', worker: 'w1',
-      queuedAt: 10, startedAt: 20, finishedAt: 300, outcome: { kind: 'exited', code: 0 },
+      queuedAt: 10, startedAt: 20, finishedAt: 300, outcome: { kind: 'exited', code: 0 }, progress: null,
     });
     const sorted = [...artifacts].sort((x, y) => (x.path < y.path ? -1 : 1));
     expect(store.artifactsOf(a)).toEqual(sorted);
@@ -749,5 +752,90 @@ describe('retention', () => {
     expect(keepTwo.pruneAll()).toBe(2);
     expect(keepTwo.runsOfJob('c', 10).map((run) => run.uuid)).toEqual([runs[3], runs[2]]);
     expect(keepTwo.garbage().consoles.sort()).toEqual([runs[0], runs[1]].sort());
+  });
+});
+
+describe('labels, environment, secrets and run events', () => {
+  it('nextFor gives a worker the first run whose job requires no label it lacks; a blocked job holds up nobody', () => {
+    const store = openStore();
+    const big = put(store, job('big', { requires: ['big-disk', 'docker'] }), 1);
+    const small = put(store, job('small'), 2);
+    const docker = put(store, job('docker', { requires: ['docker'] }), 3);
+    expect(store.nextFor('debian-12', [])?.uuid).toBe(small);
+    expect(store.nextFor('debian-12', ['docker'])?.uuid).toBe(small);
+    expect(store.nextFor('debian-12', ['docker', 'big-disk', 'x'])?.uuid).toBe(big);
+    expect(store.nextFor('freebsd-14', ['docker'])).toBeNull();
+    store.startRun(small, 'w1', SCRIPT, 'make', 4);
+    expect(store.nextFor('debian-12', ['docker'])?.uuid).toBe(docker);
+    expect(store.nextFor('debian-12', ['big-disk'])).toBeNull();
+    expect(store.getJob('big')?.requires).toEqual(['big-disk', 'docker']);
+  });
+
+  it('keeps secrets apart from the job: listed by name, replaced with the job, removed with it', () => {
+    const store = openStore();
+    store.putJob(job('deploy', { env: { STAGE: 'prod' } }), false, 1, { TOKEN: 's3cret', KEY: 'k' });
+    expect(store.getJob('deploy')?.env).toEqual({ STAGE: 'prod' });
+    expect(JSON.stringify(store.getJob('deploy'))).not.toContain('s3cret');
+    expect(JSON.stringify(store.listJobs())).not.toContain('s3cret');
+    expect(store.secretsOf('deploy')).toEqual({ KEY: 'k', TOKEN: 's3cret' });
+    expect(store.secretKeysOf('deploy')).toEqual(['KEY', 'TOKEN']);
+    store.putJob(job('deploy'), true, 2, { OTHER: 'o' });
+    expect(store.secretsOf('deploy')).toEqual({ OTHER: 'o' });
+    store.deleteJob('deploy', 3);
+    expect(store.secretsOf('deploy')).toEqual({});
+    expect(store.db.prepare('SELECT count(*) AS n FROM job_secrets').get()).toEqual({ n: 0 });
+  });
+
+  it('startRun records the environment given and the secrets by name; progress is kept with the run', () => {
+    const store = openStore();
+    const uuid = put(store, job('a'));
+    store.startRun(uuid, 'w1', SCRIPT, 'make', 20, { env: { A: '1' }, secretKeys: ['TOKEN'] });
+    store.setProgress(uuid, { percent: 40, message: 'compiling', at: 25 });
+    expect(store.runDetail(uuid)).toEqual(expect.objectContaining({
+      env: { A: '1' }, secretKeys: ['TOKEN'], progress: { percent: 40, message: 'compiling', at: 25 }, deliveries: [],
+    }));
+    store.finishRun(uuid, { kind: 'exited', code: 0 }, 30);
+    store.setProgress(uuid, { percent: 90, message: 'too late', at: 35 });
+    expect(store.getRun(uuid)?.progress).toEqual({ percent: 40, message: 'compiling', at: 25 });
+  });
+
+  it('run events happen inside their transaction: deliveries commit with the event, or not at all', () => {
+    const store = openStore();
+    const events: string[] = [];
+    store.onRunEvent = (event, uuid) => {
+      events.push(event);
+      store.addDeliveries(uuid, event, ['http://127.0.0.1:9/hook'], JSON.stringify({ event }), 100);
+    };
+    const uuid = put(store, job('a'));
+    store.startRun(uuid, 'w1', SCRIPT, 'make', 20);
+    store.finishRun(uuid, { kind: 'exited', code: 0 }, 30, [{ path: 'x', size: 1, sha256: SHA_A }]);
+    expect(events).toEqual(['queued', 'started', 'finished']);
+    expect(store.deliveriesOf(uuid).map((d) => [d.event, d.state, d.attempts])).toEqual([['queued', 'pending', 0], ['started', 'pending', 0], ['finished', 'pending', 0]]);
+    // One URL's events go out oldest first: only the head is offered.
+    expect(store.deliveryHeads().map((d) => d.event)).toEqual(['queued']);
+    // A failing event rolls its delivery back with it.
+    store.onRunEvent = (event, run) => {
+      store.addDeliveries(run, event, ['http://127.0.0.1:9/hook'], '{}', 100);
+      throw new Error('boom');
+    };
+    expect(() => store.enqueue('a', false, 40)).toThrow('boom');
+    expect(store.db.prepare('SELECT count(*) AS n FROM deliveries').get()).toEqual({ n: 3 });
+    expect(store.queues()).toEqual({});
+  });
+
+  it('retention removes a run with its deliveries', () => {
+    const store = openStore();
+    store.onRunEvent = (event, uuid) => store.addDeliveries(uuid, event, ['http://127.0.0.1:9/hook'], '{}', 1);
+    store.putJob(job('r', { keepRuns: 1, nextDue: null, period: { kind: 'never' } }), false, 1);
+    const first = store.queues()['debian-12']?.[0]?.uuid ?? '';
+    store.startRun(first, 'w1', SCRIPT, 'make', 2);
+    store.finishRun(first, { kind: 'exited', code: 0 }, 3);
+    store.enqueue('r', false, 4);
+    const second = store.queues()['debian-12']?.[0]?.uuid ?? '';
+    store.startRun(second, 'w1', SCRIPT, 'make', 5);
+    store.finishRun(second, { kind: 'exited', code: 0 }, 6);
+    expect(store.getRun(first)).toBeNull();
+    expect(store.deliveriesOf(first)).toEqual([]);
+    expect(store.deliveriesOf(second)).toHaveLength(3);
   });
 });

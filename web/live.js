@@ -16,6 +16,21 @@
     var status = document.getElementById('status');
     status.textContent = run.status;
     status.className = 'pill ' + run.status;
+    var progress = document.getElementById('progress');
+    if (progress && run.progressText) {
+      progress.textContent = '';
+      if (run.progressPercent !== null) {
+        var bar = document.createElement('progress');
+        bar.max = 100;
+        bar.value = run.progressPercent;
+        progress.appendChild(bar);
+        progress.appendChild(document.createTextNode(' '));
+      }
+      var text = document.createElement('span');
+      text.className = 'text';
+      text.textContent = run.progressText;
+      progress.appendChild(text);
+    }
   });
   var done = function (text) {
     source.close();
