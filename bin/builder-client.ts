@@ -11,7 +11,10 @@ import * as commands from '../lib/client-commands.js';
 import { parseTime, periodFromOptions } from '../lib/period.js';
 import type { JobSource, Period } from '../protocol/types.js';
 import { NAME_PATTERN } from '../protocol/types.js';
-import { countOption, dialTlsOption, durationOption, remoteDefault, tokenOption, usageError } from './args.js';
+import { parseEnvAssignments, readEnvFiles, readSecretEnv } from '../lib/job-env.js';
+import { urlOption, countOption, dialTlsOption, durationOption, remoteDefault, tokenOption, usageError } from './args.js';
+import { withConfig } from './args.js';
+import { CLIENT_CONFIG } from './config-keys.js';
 import type { DialTls } from '../protocol/connection.js';
 
 const PROGRAM = 'builder-client';
@@ -64,12 +67,40 @@ function scheduleOptions<T>(y: Argv<T>) {
     .option('period', { type: 'string', choices: ['hourly', 'daily', 'weekly', 'never'], describe: 'a named period' })
     .option('replace', { type: 'boolean', default: false, describe: 'replace an existing job of the same name' })
     .option('timeout', { type: 'string', describe: "this job's timeout (default: the server's, 1h)" })
-    .option('keep-runs', { type: 'number', describe: "finished runs of this job to keep, older ones are removed (default: the server's --keep-runs)" });
+    .option('keep-runs', { type: 'number', describe: "finished runs of this job to keep, older ones are removed (default: the server's --keep-runs)" })
+    .option('requires', { type: 'string', array: true, default: [] as string[], describe: 'labels a worker must have to run this job, comma-separated (repeatable)' })
+    .option('env', { type: 'string', array: true, default: [] as string[], describe: 'variable KEY=VALUE for the job (repeatable); shown in show and the web view' })
+    .option('env-file', { type: 'string', array: true, default: [] as string[], describe: 'file of KEY=VALUE lines for the job (repeatable); --env wins' })
+    .option('secret-env', { type: 'string', array: true, default: [] as string[], describe: 'secret variable KEY=@FILE, its value read from FILE; never shown, masked as *** in the console' })
+    .option('notify', { type: 'string', array: true, default: [] as string[], describe: 'URL to POST to when a run of this job is queued, starts and finishes (repeatable)' });
 }
 
 interface ScheduleArgv {
   remote: string; name: string; platform: string; every?: string; cron?: string; period?: string;
   replace: boolean; timeout?: string; 'keep-runs'?: number;
+  requires: string[]; env: string[]; 'env-file': string[]; 'secret-env': string[]; notify: string[];
+}
+
+/** --requires a,b --requires c → [a, b, c], each a valid label. */
+function labelsOption(items: string[]): string[] {
+  const labels = items.flatMap((item) => String(item).split(',')).map((label) => label.trim()).filter((label) => label !== '');
+  for (const label of labels) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._:=-]{0,63}$/.test(label)) usageError(PROGRAM, `--requires: invalid label '${label}': labels are 1-64 characters of A-Z a-z 0-9 . _ : = -`);
+  }
+  return [...new Set(labels)];
+}
+
+/** The job's variables and secrets from --env-file, --env and --secret-env; exits 1 on a problem. */
+function envOptions(argv: ScheduleArgv): { env: Record<string, string>; secretEnv: Record<string, string> } {
+  try {
+    const env = { ...readEnvFiles(argv['env-file'].map(String)), ...parseEnvAssignments(argv.env.map(String)) };
+    const secretEnv = readSecretEnv(argv['secret-env'].map(String));
+    const both = Object.keys(secretEnv).find((key) => key in env);
+    if (both !== undefined) usageError(PROGRAM, `${both} is given both as --secret-env and as --env/--env-file; give it once`);
+    return { env, secretEnv };
+  } catch (error) {
+    return usageError(PROGRAM, (error as Error).message);
+  }
 }
 
 function runSchedule(argv: ScheduleArgv, source: JobSource): Promise<never> {
@@ -81,6 +112,9 @@ function runSchedule(argv: ScheduleArgv, source: JobSource): Promise<never> {
     replace: argv.replace,
     timeoutSeconds: argv.timeout === undefined ? null : durationOption(PROGRAM, 'timeout', argv.timeout),
     keepRuns: argv['keep-runs'] === undefined ? null : countOption(PROGRAM, 'keep-runs', argv['keep-runs']),
+    requires: labelsOption(argv.requires),
+    ...envOptions(argv),
+    notify: argv.notify.map((url) => urlOption(PROGRAM, 'notify', String(url))),
   };
   return withClient(argv.remote, (client) => commands.schedule(client, args, commands.stdio));
 }
@@ -96,7 +130,7 @@ function parseVars(list: string[]): Record<string, string> {
   return vars;
 }
 
-await yargs(hideBin(process.argv))
+await withConfig(yargs(hideBin(process.argv)), PROGRAM, CLIENT_CONFIG)
   .scriptName(PROGRAM)
   .usage('$0 [--remote HOST:PORT] COMMAND\n\nTalks to a builder-server. Exit status: 0 success, 1 bad usage, 2 the server refused or '
     + 'could not be reached, 3 the observed run failed.')

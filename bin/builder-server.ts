@@ -6,7 +6,11 @@ import fs from 'node:fs';
 import { ROLES, TokenError, Tokens } from '../lib/auth.js';
 import { DEFAULT_SERVER_OPTIONS, startServer } from '../lib/server.js';
 import { DEFAULT_TEMPLATES_DIR, defaultStateDir } from '../lib/platform.js';
-import { addressOption, limitOption, countOption, durationOption, serverTlsOption, usageError } from './args.js';
+import {
+  addressOption, countOption, durationOption, limitOption, millisecondsOption, secretFileOption, serverTlsOption, urlOption, usageError,
+} from './args.js';
+import { configuredStateDir, optionName, withConfig } from './args.js';
+import { SERVER_CONFIG } from './config-keys.js';
 
 const PROGRAM = 'builder-server';
 
@@ -17,6 +21,7 @@ if (process.argv[2] === 'token') {
     .scriptName(`${PROGRAM} token`)
     .usage('$0 add NAME --role ROLE | list | revoke NAME  [--state-dir DIR]')
     .option('state-dir', { type: 'string', describe: 'state directory (default ./var in a checkout, /var/lib/builder when installed)', global: true })
+    .option('config', { type: 'string', describe: 'config file whose state-dir to use (see builder-server --help)', global: true })
     .command('add <name>', 'create a token and print it (once) on stdout', (y) => y
       .positional('name', { type: 'string', demandOption: true })
       .option('role', { choices: ROLES, demandOption: true, describe: 'viewer, operator, admin or worker' }),
@@ -43,7 +48,7 @@ if (process.argv[2] === 'token') {
 }
 
 function tokenCommand(stateDir: string | undefined, action: (tokens: Tokens) => void): void {
-  const dir = stateDir ?? defaultStateDir();
+  const dir = configuredStateDir(PROGRAM, SERVER_CONFIG, stateDir);
   let tokens: Tokens;
   try {
     fs.mkdirSync(dir, { recursive: true });
@@ -61,7 +66,7 @@ function tokenCommand(stateDir: string | undefined, action: (tokens: Tokens) => 
   }
 }
 
-const argv = yargs(hideBin(process.argv))
+const argv = withConfig(yargs(hideBin(process.argv)), PROGRAM, SERVER_CONFIG)
   .scriptName(PROGRAM)
   .usage('$0 [options]\n\nRuns the builder server: SQLite state, schedules, per-platform queues, and the worker/client protocol.')
   .option('listen', { type: 'string', default: DEFAULT_SERVER_OPTIONS.listen, describe: 'HOST:PORT to listen on' })
@@ -85,6 +90,12 @@ const argv = yargs(hideBin(process.argv))
   .option('keep-runs', { type: 'number', default: 0, describe: 'finished runs kept per job, older ones removed with their consoles and artifacts (0: keep all; a job may set its own)' })
   .option('vacuum-every', { type: 'string', default: '1h', describe: 'how often free database pages are handed back to the file system' })
   .option('http', { type: 'string', describe: 'serve the read-only web view on HOST:PORT, e.g. 127.0.0.1:8080 (off by default)' })
+  .option('notify', { type: 'string', array: true, default: [] as string[], describe: 'URL to POST to when any run is queued, starts and finishes (repeatable)' })
+  .option('notify-secret-file', { type: 'string', describe: 'file holding the key that signs webhook bodies (HMAC-SHA256, header X-Builder-Signature-256)' })
+  .option('notify-attempts', { type: 'number', default: DEFAULT_SERVER_OPTIONS.notifyAttempts, describe: 'attempts per webhook delivery before it is recorded as failed' })
+  .option('notify-backoff', { type: 'string', default: '2s', describe: 'wait after a failed webhook attempt, doubled after each further one (500ms, 2s, 1m)' })
+  .option('public-url', { type: 'string', describe: 'base URL of the web view for links in webhooks (default: http(s)://the --http address)' })
+  .option('forget-workers-after', { type: 'string', default: '1h', describe: 'gone workers are listed this long, then forgotten' })
   .strict()
   .fail((message, error) => usageError(PROGRAM, error?.message ?? message))
   .help()
@@ -93,7 +104,7 @@ const argv = yargs(hideBin(process.argv))
 
 const maxFrameBytes = argv['max-frame-bytes'];
 // Artifact chunks are 256 KiB and console batches up to about 1 MiB; smaller frames would refuse them.
-if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 2 * 1024 * 1024) usageError(PROGRAM, '--max-frame-bytes must be an integer of at least 2097152 (2 MiB)');
+if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 2 * 1024 * 1024) usageError(PROGRAM, `${optionName('max-frame-bytes')} must be an integer of at least 2097152 (2 MiB)`);
 
 try {
   const server = await startServer({
@@ -118,6 +129,12 @@ try {
     allowPlaintext: argv['allow-plaintext'],
     keepRuns: argv['keep-runs'] === 0 ? 0 : countOption(PROGRAM, 'keep-runs', argv['keep-runs']),
     vacuumIntervalSeconds: Math.max(1, durationOption(PROGRAM, 'vacuum-every', argv['vacuum-every'], 7 * 86400)),
+    forgetWorkersSeconds: durationOption(PROGRAM, 'forget-workers-after', argv['forget-workers-after'], 30 * 86400),
+    notify: argv.notify.map((url) => urlOption(PROGRAM, 'notify', String(url))),
+    notifySecret: secretFileOption(PROGRAM, 'notify-secret-file', argv['notify-secret-file']),
+    notifyAttempts: limitOption(PROGRAM, 'notify-attempts', argv['notify-attempts']),
+    notifyBackoffMs: millisecondsOption(PROGRAM, 'notify-backoff', argv['notify-backoff']),
+    publicUrl: argv['public-url'] === undefined ? null : urlOption(PROGRAM, 'public-url', argv['public-url']),
   });
   const stop = (signal: string): void => {
     process.stderr.write(`${new Date().toISOString()} stopping signal=${signal}\n`);

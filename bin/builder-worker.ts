@@ -9,14 +9,17 @@ import {
 } from '../lib/sandbox-container.js';
 import { WORKER_EXIT, defaultHostname, runWorker } from '../lib/worker.js';
 import { addressOption, dialTlsOption, remoteDefault, tokenOption, usageError } from './args.js';
+import { optionName, withConfig } from './args.js';
+import { WORKER_CONFIG } from './config-keys.js';
 
 const PROGRAM = 'builder-worker';
 
-const argv = yargs(hideBin(process.argv))
+const argv = withConfig(yargs(hideBin(process.argv)), PROGRAM, WORKER_CONFIG)
   .scriptName(PROGRAM)
   .usage('$0 PLATFORM [options]\n\nAsks the server for one job of PLATFORM, runs it, uploads its artifacts and exits (or keeps going with --loop).\n'
     + 'Exit status: 0 job done, 1 bad usage, 2 the server refused us, 3 the server was lost mid-job, 4 the sandbox cannot be used.')
-  .command('$0 <platform>', false)
+  // Optional for yargs, so that --print-config works without it; required below.
+  .command('$0 [platform]', false)
   .positional('platform', { type: 'string', describe: 'platform to run jobs for, e.g. debian-12' })
   .option('remote', { type: 'string', default: remoteDefault(), describe: 'server HOST:PORT (env BUILDER_REMOTE)' })
   .option('labels', { type: 'string', default: '', describe: 'comma-separated labels this worker announces' })
@@ -38,6 +41,7 @@ const argv = yargs(hideBin(process.argv))
   .version(false)
   .parseSync();
 
+if (argv.platform === undefined) usageError(PROGRAM, 'give the PLATFORM to run jobs for, e.g. builder-worker debian-12');
 const platform = String(argv.platform);
 if (!NAME_PATTERN.test(platform)) usageError(PROGRAM, `invalid platform '${platform}': use letters, digits, . _ + -, e.g. debian-12`);
 const labels = argv.labels.split(',').map((label) => label.trim()).filter((label) => label.length > 0);
@@ -49,9 +53,9 @@ if (argv.sandbox === 'process') {
   if (containerFlags.length > 0) usageError(PROGRAM, `--${containerFlags[0]} is for containers: add --sandbox docker or --sandbox podman`);
 } else {
   if (argv.image === undefined || argv.image === '') usageError(PROGRAM, `--sandbox ${argv.sandbox} needs --image, e.g. --image builder/debian:12`);
-  if (argv.memory !== undefined && !/^\d+(\.\d+)?[bkmg]?$/i.test(argv.memory)) usageError(PROGRAM, `--memory: '${argv.memory}' is not a size: use e.g. 512m or 2g`);
-  if (argv.cpus !== undefined && !(/^\d+(\.\d+)?$/.test(argv.cpus) && Number(argv.cpus) > 0)) usageError(PROGRAM, `--cpus: '${argv.cpus}' is not a positive number: use e.g. 2 or 0.5`);
-  if (argv.pids !== undefined && !(Number.isInteger(argv.pids) && argv.pids > 0)) usageError(PROGRAM, `--pids: '${argv.pids}' is not a positive whole number: use e.g. 512`);
+  if (argv.memory !== undefined && !/^\d+(\.\d+)?[bkmg]?$/i.test(argv.memory)) usageError(PROGRAM, `${optionName('memory')}: '${argv.memory}' is not a size: use e.g. 512m or 2g`);
+  if (argv.cpus !== undefined && !(/^\d+(\.\d+)?$/.test(argv.cpus) && Number(argv.cpus) > 0)) usageError(PROGRAM, `${optionName('cpus')}: '${argv.cpus}' is not a positive number: use e.g. 2 or 0.5`);
+  if (argv.pids !== undefined && !(Number.isInteger(argv.pids) && argv.pids > 0)) usageError(PROGRAM, `${optionName('pids')}: '${argv.pids}' is not a positive whole number: use e.g. 512`);
   const options: ContainerOptions = {
     engine: argv.sandbox, image: argv.image, memory: argv.memory, cpus: argv.cpus, pids: argv.pids, network: argv.network, tmpDir: argv['tmp-dir'],
   };

@@ -55,8 +55,9 @@ export class Proc {
 const running = new Set<Proc>();
 
 export function startProcess(script: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
+  // No config file of this machine's (/etc/builder, ~/.config/builder) reaches the tests.
   const child = spawn(process.execPath, [path.join(BIN, script), ...args], {
-    env: { ...process.env, BUILDER_REMOTE: undefined, ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, BUILDER_REMOTE: undefined, BUILDER_CONFIG: undefined, BUILDER_CONFIG_DIRS: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   const proc = new Proc(child);
   running.add(proc);

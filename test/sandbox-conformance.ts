@@ -100,6 +100,33 @@ export function conformanceSuite(label: string, workerArgs: string[]): void {
       ]);
     });
 
+    it('gives the job its variables and secrets exactly, masks the secret in the console, and puts builder-progress on its PATH', async () => {
+      const secretFile = path.join(dir, 'token.secret');
+      fs.writeFileSync(secretFile, "s3cr3t 'value'\n");
+      const uuid = await scheduleScript(server, dir, 'env-secret-progress', [
+        'echo "greeting: $GREETING"',
+        'echo "quote: $QUOTE"',
+        'echo "token: $TOKEN"',
+        'printf %s "$TOKEN" > token.txt',
+        'if [ -e .builder-env ]; then echo "env file left behind"; fi',
+        'builder-progress 50 half way',
+        'echo "75 three quarters" >> "$BUILDER_PROGRESS"',
+        '',
+      ].join('\n'), ['--env', 'GREETING=hello world', '--env', `QUOTE=it's "q" $HOME`, '--secret-env', `TOKEN=@${secretFile}`]);
+      const run = await finished(uuid);
+      expect(run.outcome).toEqual({ kind: 'exited', code: 0 });
+      expect(await consoleOf(server, uuid)).toEqual([
+        { stream: '|', text: 'greeting: hello world' }, { stream: '|', text: `quote: it's "q" $HOME` }, { stream: '|', text: 'token: ***' },
+      ]);
+      // The job got the secret byte for byte (without the file's trailing newline); builder's own
+      // files (script, progress, tools, env) are not artifacts.
+      expect(Object.fromEntries((run.artifacts ?? []).map((a) => [a.path, a.sha256]))).toEqual({ 'token.txt': sha256("s3cr3t 'value'") });
+      const detail = await show(server, uuid) as unknown as { progress: { percent: number; message: string }; env: Record<string, string>; secretKeys: string[] };
+      expect(detail.progress).toEqual(expect.objectContaining({ percent: 75, message: 'three quarters' }));
+      expect(detail.env).toEqual({ GREETING: 'hello world', QUOTE: `it's "q" $HOME` });
+      expect(detail.secretKeys).toEqual(['TOKEN']);
+    });
+
     it('uploads every file the job left, byte-identical; links are noted, not followed', async () => {
       const uuid = await scheduleScript(server, dir, 'artifacts', [
         'mkdir -p out/deep empty',

@@ -57,7 +57,7 @@ export function containerSuite(engine: 'docker' | 'podman'): void {
       expect((await worker().exit).code).toBe(0);
       expect((await show(server, uuid)).outcome).toEqual({ kind: 'exited', code: 0 });
       expect((await consoleOf(server, uuid)).map((line) => line.text)).toEqual([
-        'no host secret', 'no worker directory', '/build', '.builder-script.sh', 'lo',
+        'no host secret', 'no worker directory', '/build', '.builder-bin', '.builder-progress', '.builder-script.sh', 'lo',
       ]);
     });
 
