@@ -178,7 +178,10 @@ export function formatIssues(error: z.ZodError): string {
     .slice(0, 3)
     .map((issue) => {
       const where = issue.path.length > 0 ? issue.path.map(String).join('.') : 'message';
-      return `${where}: ${issue.message}`;
+      // A bad record key (an environment variable's name): zod says only "Invalid key in record";
+      // the key's own issue says what is wrong with it.
+      const inner = issue.code === 'invalid_key' ? issue.issues[0]?.message : undefined;
+      return `${where}: ${inner ?? issue.message}`;
     })
     .join('; ');
 }

@@ -85,6 +85,50 @@ describe('malformed frames and hellos', () => {
     const info = await json<{ jobs: { name: string }[] }>(server, ['info']);
     expect(info.jobs.map((job) => job.name)).not.toContain('bad name');
   });
+
+  it('refuses bad labels, variables, secrets and webhook URLs in a schedule, naming the field, and stores nothing', async () => {
+    const peer = new RawPeer(server.address);
+    peer.send(clientHello);
+    expect((await peer.next()).type).toBe('welcome');
+    const base = { type: 'schedule', name: 'bad-extras', platform: PLATFORM, source: { kind: 'script', script: 'true' }, period: { kind: 'never' }, replace: false, timeoutSeconds: null };
+    const cases: [Record<string, unknown>, string][] = [
+      [{ requires: ['ok', 'not ok'] }, "invalid 'schedule' message: requires.1: labels are 1-64 characters of A-Z a-z 0-9 . _ : = -"],
+      [{ env: { BUILDER_UUID: 'x' } }, "invalid 'schedule' message: env.BUILDER_UUID: environment variable names are identifiers (A-Z a-z 0-9 _, not starting with a digit), and BUILDER_* is reserved"],
+      [{ env: { A: 1 } }, "invalid 'schedule' message: env.A: Invalid input: expected string, received number"],
+      [{ secretEnv: { '9X': 'x' } }, "invalid 'schedule' message: secretEnv.9X: environment variable names are identifiers (A-Z a-z 0-9 _, not starting with a digit), and BUILDER_* is reserved"],
+      [{ env: { TOKEN: 'a' }, secretEnv: { TOKEN: 'b' } }, "invalid 'schedule' message: secretEnv.TOKEN: TOKEN is given both as a variable and as a secret"],
+      [{ notify: ['ftp://example.org/hook'] }, "invalid 'schedule' message: notify.0: must be an http:// or https:// URL"],
+      [{ notify: ['not a url'] }, "invalid 'schedule' message: notify.0: must be an http:// or https:// URL"],
+    ];
+    let id = 100;
+    for (const [extra, message] of cases) {
+      peer.send({ ...base, id: ++id, ...extra });
+      expect(await peer.next(), JSON.stringify(extra)).toEqual({ type: 'failure', id, message });
+    }
+    peer.socket.destroy();
+    const info = await json<{ jobs: { name: string }[] }>(server, ['info']);
+    expect(info.jobs.map((job) => job.name)).not.toContain('bad-extras');
+  });
+
+  it('a worker reporting progress for a run it is not running, or an invalid progress, is cut off with the reason', async () => {
+    const workerHello = { type: 'hello', version: PROTOCOL_VERSION, role: 'worker', software: 'raw test worker', platform: 'raw-progress', hostname: 'raw' };
+    const welcomed = async (): Promise<RawPeer> => {
+      const peer = new RawPeer(server.address);
+      peer.send(workerHello);
+      expect(await peer.next()).toEqual(expect.objectContaining({ type: 'welcome', features: ['progress'] }));
+      return peer;
+    };
+    const stray = await welcomed();
+    stray.send({ type: 'progress', uuid: '00000000-0000-0000-0000-000000000001', percent: 10, message: 'x' });
+    expect(await stray.next()).toEqual({ type: 'error', message: 'progress for run 00000000-0000-0000-0000-000000000001, which is not the run this worker is running (none)' });
+    await stray.closed;
+    const invalid = await welcomed();
+    invalid.send({ type: 'progress', uuid: '00000000-0000-0000-0000-000000000001', percent: 150, message: 'x' });
+    expect(await invalid.next()).toEqual({ type: 'error', message: "invalid 'progress' message: percent: Too big: expected number to be <=100" });
+    await invalid.closed;
+    // The server goes on serving.
+    expect((await json<{ workers: number }>(server, ['info'])).workers).toBeGreaterThanOrEqual(0);
+  });
 });
 
 /** A server that speaks another protocol version, to see what the client and worker say. */
