@@ -51,11 +51,10 @@ export class Notifier {
    */
   record(event: RunEvent, uuid: string): void {
     const { store, options } = this.context;
+    const urls = [...new Set([...options.notify, ...store.notifyOfRun(uuid)])];
+    if (urls.length === 0) return;
     const run = store.getRun(uuid);
     if (run === null) return;
-    const own = store.getJob(run.job)?.notify ?? [];
-    const urls = [...new Set([...options.notify, ...own])];
-    if (urls.length === 0) return;
     store.addDeliveries(uuid, event, urls, JSON.stringify(this.body(event, run)), Date.now());
     this.wakeSoon();
   }

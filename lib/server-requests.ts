@@ -141,6 +141,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         return ok(`cancelling run ${message.uuid} of ${run.job}: its worker stops the job (SIGTERM, then SIGKILL)`);
       }
       case 'info': {
+        const secretKeys = store.secretKeysByJob();
         conn.send({
           type: 'info-result', id: message.id,
           info: {
@@ -149,7 +150,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
               source: source.kind === 'script'
                 ? { kind: 'script' as const, bytes: Buffer.byteLength(source.script), sha256: crypto.createHash('sha256').update(source.script).digest('hex') }
                 : source,
-              secretKeys: store.secretKeysOf(job.name),
+              secretKeys: secretKeys.get(job.name) ?? [],
             })),
             queues: queuesWithReasons(context),
             running: store.runsInState('running'),

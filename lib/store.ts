@@ -338,6 +338,23 @@ export class Store {
     return Object.fromEntries(rows.map((row) => [row.key, row.value]));
   }
 
+  /** The names (only) of every job's secret variables, by job. */
+  secretKeysByJob(): Map<string, string[]> {
+    const keys = new Map<string, string[]>();
+    for (const row of this.db.prepare('SELECT job, key FROM job_secrets ORDER BY job, key').all() as { job: string; key: string }[]) {
+      const list = keys.get(row.job) ?? [];
+      list.push(row.key);
+      keys.set(row.job, list);
+    }
+    return keys;
+  }
+
+  /** The webhook URLs of the job a run belongs to (one indexed lookup: called for every run event). */
+  notifyOfRun(uuid: string): string[] {
+    const row = this.db.prepare('SELECT j.notify FROM runs r JOIN jobs j ON j.name = r.job WHERE r.uuid = ?').get(uuid) as { notify: string | null } | undefined;
+    return row?.notify === null || row?.notify === undefined ? [] : (JSON.parse(row.notify) as string[]);
+  }
+
   /** The names (only) of a job's secret variables. */
   secretKeysOf(name: string): string[] {
     return (this.db.prepare('SELECT key FROM job_secrets WHERE job = ? ORDER BY key').all(name) as { key: string }[]).map((row) => row.key);

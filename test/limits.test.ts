@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROTOCOL_VERSION } from '../protocol/messages.js';
 import {
-  PLATFORM, type Proc, type ServerHandle, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir, waitFor, waitForState,
+  PLATFORM, type Proc, type ServerHandle, json, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir, waitFor, waitForState,
 } from './harness.js';
 import { RawPeer } from './raw-peer.js';
 import { consoleOf } from './sandbox-conformance.js';
@@ -69,7 +69,7 @@ describe('limits', () => {
   it('refuses connections over --max-connections-per-address from one address, and takes them again once some close', async () => {
     worker.kill('SIGKILL');
     await worker.exit;
-    await waitFor('the worker to be gone', async () => !(await ok(server, ['workers'])).includes(PLATFORM) || null);
+    await waitFor('the worker to be gone', async () => (await json<{ status: string }[]>(server, ['workers'])).every((w) => w.status === 'gone') || null);
     const hello = { type: 'hello', version: PROTOCOL_VERSION, role: 'client', software: 'limit test' };
     const peers = Array.from({ length: 4 }, () => new RawPeer(server.address));
     for (const peer of peers) peer.send(hello);

@@ -64,8 +64,9 @@ describe.runIf(engineUsable('docker'))('the worker image', () => {
       .start();
     await container.stop({ remove: true });
     await expectBuilt(uuid);
-    const workers = await json<{ platform: string }[]>(server, ['workers']);
-    expect(workers).toEqual([]);
+    // The one-job worker said goodbye: listed as gone, with why.
+    const workers = await json<{ platform: string; status: string; reason: string }[]>(server, ['workers']);
+    expect(workers).toEqual([expect.objectContaining({ platform: 'debian-12', status: 'gone', reason: 'connection closed' })]);
   });
 
   it('runs as builder-worker@debian-12.service starts it: one job per docker run --rm', async () => {
