@@ -90,13 +90,22 @@ describe.runIf(haveChromium)('web view in Chromium', () => {
   });
 
   it('shows a running job\'s console growing live, then its outcome', async () => {
-    const live = await scheduleScript(server, dir, 'slow-build', 'for i in 1 2 3 4; do echo "step $i"; sleep 1; done\necho done > result.txt\n');
+    fs.writeFileSync(path.join(dir, 'secret.txt'), 'not-for-browsers\n');
+    const live = await scheduleScript(server, dir, 'slow-build',
+      'for i in 1 2 3 4; do echo "step $i"; builder-progress $((i * 25)) "step $i of 4"; sleep 1; done\necho done > result.txt\n',
+      ['--env', 'STAGE=test', '--secret-env', `TOKEN=@${path.join(dir, 'secret.txt')}`]);
     await waitForState(server, live, 'running');
     const tab = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     await tab.goto(`${server.web}/run/${live}`);
     const lines = tab.locator('#console .line .text');
     const seenFirst = await lines.count();
     await expect.poll(() => lines.count(), { timeout: 20_000 }).toBeGreaterThan(seenFirst);
+    // The progress follows live (server-sent events), with its bar; the secret shows as ***.
+    const shownFirst = await tab.locator('#progress .text').textContent();
+    await expect.poll(() => tab.locator('#progress .text').textContent(), { timeout: 20_000 }).not.toBe(shownFirst);
+    expect(await tab.locator('#progress .text').textContent()).toMatch(/^(50|75|100)% step [234] of 4$/);
+    expect(Number(await tab.locator('#progress progress').getAttribute('value'))).toBeGreaterThanOrEqual(50);
+    expect(await tab.locator('ul.env').textContent()).toBe('STAGE=testTOKEN=***');
     await tab.screenshot({ path: path.join(SHOTS, 'run-live.png'), fullPage: true });
     // When the run ends the page reloads with its outcome and artifacts.
     await expect.poll(async () => tab.locator('#status').textContent(), { timeout: 20_000 }).toBe('success');
