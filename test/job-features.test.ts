@@ -2,11 +2,12 @@
  * Jobs that talk back and fit in (issue 7), end to end through the real server, workers and client:
  * labels, environment and secrets, progress, and worker health. Webhooks are in webhooks.test.ts.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  PLATFORM, type ServerHandle, client, json, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir, waitFor, waitForState,
+  PLATFORM, ROOT, type ServerHandle, client, json, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir, waitFor, waitForState,
 } from './harness.js';
 
 interface QueueJson { uuid: string; job: string; blocked?: string | null }
@@ -192,6 +193,12 @@ describe('progress', () => {
       '',
     ].join('\n'), ['--period', 'never']);
     const observer = startProcess('builder-client.js', ['--remote', server.address, 'observe', uuid]);
+    // The same on a terminal (script(1) gives it a pseudo-terminal): one status line, redrawn.
+    const tty = spawn('script', ['-q', '-e', '-c', `${process.execPath} ${path.join(ROOT, 'dist', 'bin', 'builder-client.js')} --remote ${server.address} observe ${uuid}`, '/dev/null'],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BUILDER_CONFIG_DIRS: '' } });
+    let ttyOutput = '';
+    tty.stdout.setEncoding('utf8').on('data', (chunk: string) => { ttyOutput += chunk; });
+    const ttyExit = new Promise<number | null>((resolve) => tty.on('close', resolve));
     startWorker(server, ['--loop'], PLATFORM, dir);
     const forty = await waitFor('progress 40', async () => {
       const info = await json<InfoJson>(server, ['info']);
@@ -214,6 +221,11 @@ describe('progress', () => {
     expect(observer.stderr.split('\n').filter((line) => line.startsWith('progress: '))).toEqual([
       'progress: 40% compiling', 'progress: 75% linking', 'progress: packaging',
     ]);
+    expect(await ttyExit).toBe(0);
+    expect(ttyOutput).not.toContain('progress: ');
+    const drawn = ['[40% compiling]', '\r\x1b[K[75% linking]', '\r\x1b[K[packaging]', `\r\x1b[Krun ${uuid} of long-build: exited 0`].map((part) => ttyOutput.indexOf(part));
+    expect(drawn.every((at) => at >= 0), JSON.stringify(ttyOutput)).toBe(true);
+    expect([...drawn].sort((a, b) => a - b)).toEqual(drawn);
     const kept = await json<{ progress: { percent: number | null; message: string; at: string } }>(server, ['show', uuid]);
     expect(kept.progress).toEqual({ percent: null, message: 'packaging', at: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) });
     // Kept across a restart of the server.
