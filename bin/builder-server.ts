@@ -70,7 +70,7 @@ const argv = withConfig(yargs(hideBin(process.argv)), PROGRAM, SERVER_CONFIG)
   .scriptName(PROGRAM)
   .usage('$0 [options]\n\nRuns the builder server: SQLite state, schedules, per-platform queues, and the worker/client protocol.')
   .option('listen', { type: 'string', default: DEFAULT_SERVER_OPTIONS.listen, describe: 'HOST:PORT to listen on' })
-  .option('state-dir', { type: 'string', describe: 'state directory (default ./var in a checkout, /var/lib/builder when installed)' })
+  .option('state-dir', { type: 'string', default: defaultStateDir(), describe: 'state directory (./var in a checkout, /var/lib/builder when installed)' })
   .option('templates', { type: 'string', default: DEFAULT_TEMPLATES_DIR, describe: 'directory of job templates (TEMPLATE/PLATFORM.sh.hbs)' })
   .option('job-timeout', { type: 'string', default: '1h', describe: 'default job timeout (30m, 2h, 1d, ...)' })
   .option('heartbeat', { type: 'string', default: '10s', describe: 'how often running workers send heartbeats; 3 missed = worker lost' })
@@ -110,7 +110,7 @@ try {
   const server = await startServer({
     ...DEFAULT_SERVER_OPTIONS,
     listen: addressOption(PROGRAM, 'listen', argv.listen),
-    stateDir: argv['state-dir'] ?? defaultStateDir(),
+    stateDir: argv['state-dir'],
     templatesDir: argv.templates,
     jobTimeoutSeconds: durationOption(PROGRAM, 'job-timeout', argv['job-timeout']),
     heartbeatSeconds: durationOption(PROGRAM, 'heartbeat', argv.heartbeat, 3600),

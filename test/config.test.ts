@@ -59,7 +59,7 @@ describe('--print-config', () => {
     const fromToml = await run('server', ['--config', toml, '--print-config']);
     const file = `file ${toml}`;
     const rows = (overrides: Record<string, [string, string]>): [string, string, string][] => [
-      ['listen', '127.0.0.1:1234', 'default'], ['state-dir', '-', 'default'], ['templates', path.join(ROOT, 'templates'), 'default'],
+      ['listen', '127.0.0.1:1234', 'default'], ['state-dir', path.join(ROOT, 'var'), 'default'], ['templates', path.join(ROOT, 'templates'), 'default'],
       ['job-timeout', '1h', 'default'], ['heartbeat', '10s', 'default'], ['max-frame-bytes', '16777216', 'default'],
       ['strict', 'false', 'default'], ['max-artifact-bytes', '68719476736', 'default'], ['max-run-artifact-bytes', '274877906944', 'default'],
       ['max-line-bytes', '65536', 'default'], ['max-console-bytes', '1073741824', 'default'], ['max-connections-per-address', '256', 'default'],
