@@ -46,6 +46,9 @@ export function urlOption(program: string, option: string, value: string): strin
     // Reported below.
   }
   if (url === null || (url.protocol !== 'http:' && url.protocol !== 'https:')) usageError(program, `${optionName(option)}: '${value}' is not an http:// or https:// URL`);
+  if (url.username !== '' || url.password !== '') {
+    usageError(program, `${optionName(option)}: a URL must not hold a user name or password (they would show in logs and in show); sign deliveries with the server's --notify-secret-file instead`);
+  }
   return value;
 }
 

@@ -73,7 +73,14 @@ export const NotifyUrl = z.string().max(2048).refine((text) => {
   } catch {
     return false;
   }
-}, 'must be an http:// or https:// URL');
+}, 'must be an http:// or https:// URL').refine((text) => {
+  try {
+    const url = new URL(text);
+    return url.username === '' && url.password === '';
+  } catch {
+    return true;
+  }
+}, 'must not hold a user name or password (they would show in logs and in show): sign deliveries with --notify-secret-file instead');
 
 /** One webhook delivery of a run event, as `show` lists it. */
 export const Delivery = z.object({

@@ -99,6 +99,7 @@ describe('malformed frames and hellos', () => {
       [{ env: { TOKEN: 'a' }, secretEnv: { TOKEN: 'b' } }, "invalid 'schedule' message: secretEnv.TOKEN: TOKEN is given both as a variable and as a secret"],
       [{ notify: ['ftp://example.org/hook'] }, "invalid 'schedule' message: notify.0: must be an http:// or https:// URL"],
       [{ notify: ['not a url'] }, "invalid 'schedule' message: notify.0: must be an http:// or https:// URL"],
+      [{ notify: ['https://user:pw@example.org/hook'] }, "invalid 'schedule' message: notify.0: must not hold a user name or password (they would show in logs and in show): sign deliveries with --notify-secret-file instead"],
     ];
     let id = 100;
     for (const [extra, message] of cases) {

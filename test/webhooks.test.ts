@@ -9,7 +9,7 @@ import type net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  PLATFORM, type ServerHandle, json, killAll, ok, scheduleScript, sha256, startServer, startWorker, tempDir, waitFor, waitForState,
+  PLATFORM, type ServerHandle, client, json, killAll, ok, scheduleScript, sha256, startProcess, startServer, startWorker, tempDir, waitFor, waitForState,
 } from './harness.js';
 
 interface Received { path: string; headers: http.IncomingHttpHeaders; raw: string; body: Record<string, unknown> }
@@ -166,6 +166,18 @@ describe('webhooks', () => {
     expect(failing.events('/h')).toEqual(['queued', 'queued', 'queued', 'started', 'started', 'started', 'finished', 'finished', 'finished']);
     expect(await ok(server, ['show', uuid])).toContain(`notify: finished → ${failing.url('/h')}: failed after 3 attempts (last error: HTTP 500 Internal Server Error)\n`);
     expect(server.proc.stderr).toContain(`event=queued url=${failing.url('/h')} attempt=3/3 result=failed problem="HTTP 500 Internal Server Error" note="no more attempts"`);
+  });
+
+  it('refuses a webhook URL that is not http(s) or holds a password, in one line, on the client and the server', async () => {
+    const server = await startServer(path.join(dir, 'state-5'));
+    fs.writeFileSync(path.join(dir, 'plain.sh'), 'true\n');
+    const bad = await client(server, ['schedule', 'x', PLATFORM, path.join(dir, 'plain.sh'), '--notify', 'ftp://example.org/h']);
+    expect(bad).toEqual({ code: 1, stdout: '', stderr: "builder-client: --notify: 'ftp://example.org/h' is not an http:// or https:// URL\n" });
+    const secret = await client(server, ['schedule', 'x', PLATFORM, path.join(dir, 'plain.sh'), '--notify', 'https://me:pw@example.org/h']);
+    expect(secret).toEqual({ code: 1, stdout: '', stderr: 'builder-client: --notify: a URL must not hold a user name or password (they would show in logs and in show); '
+      + "sign deliveries with the server's --notify-secret-file instead\n" });
+    const serverBad = startProcess('builder-server.js', ['--state-dir', path.join(dir, 'state-6'), '--notify', 'mailto:me@example.org']);
+    expect([(await serverBad.exit).code, serverBad.stderr]).toEqual([1, "builder-server: --notify: 'mailto:me@example.org' is not an http:// or https:// URL\n"]);
   });
 
   it('a delivery pending when the server is killed (SIGKILL) is sent by the next server, when it is due', async () => {
