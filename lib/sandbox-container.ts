@@ -203,7 +203,6 @@ export class ContainerSandbox implements Sandbox {
       '--volume', `${this.dir}:${CONTAINER_WORKDIR}`, '--workdir', CONTAINER_WORKDIR,
       '--env', `BUILDER_UUID=${job.uuid}`, '--env', `BUILDER_JOB=${job.name}`, '--env', `BUILDER_PLATFORM=${job.platform}`,
       '--env', `BUILDER_PROGRESS=${CONTAINER_WORKDIR}/${PROGRESS_NAME}`];
-
     if (memory !== undefined) args.push('--memory', memory, '--memory-swap', memory);
     if (cpus !== undefined) args.push('--cpus', cpus);
     if (pids !== undefined) args.push('--pids-limit', String(pids));

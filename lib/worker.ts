@@ -248,13 +248,13 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
       progress.start();
     }
     outcome = await sandbox.run({ lines: emit });
-    progress?.stop();
     // Uploading may stall on a busy server disk (it stops reading from us): not a silence that counts.
     watchServer = false;
     flush();
   } catch (error) {
     outcome = { kind: 'error', message: (error as Error).message };
   }
+  // A last look at the progress file: the job may have written its final line just before it ended.
   progress?.stop();
   if (!lost && outcome.kind !== 'error') {
     try {
