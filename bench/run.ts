@@ -5,6 +5,8 @@
  *
  * e2e — N real `/bin/sh -ec true` jobs through a real server and 2 real workers in --loop mode,
  * against spawning the same N shells directly from Node with the same parallelism.
+ * client — the wall time of `builder-client info` against `node -e 0`, run one after the other,
+ * alternating so that both see the same machine (target: at most 1.5 times as long).
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -98,13 +100,48 @@ async function e2e(count: number): Promise<Result> {
   }
 }
 
+/** Runs a command to its end; resolves with the elapsed ms, rejects if it fails. */
+function timed(args: string[]): Promise<number> {
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { stdio: 'ignore', env: { ...process.env, BUILDER_CONFIG_DIRS: '' } });
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(performance.now() - started) : reject(new Error(`${args.join(' ')} exited ${code}`))));
+  });
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] as number;
+}
+
+async function clientLatency(count: number): Promise<Result> {
+  const state = fs.mkdtempSync(path.join(os.tmpdir(), 'builder-bench-'));
+  const server = startNode('builder-server.js', ['--listen', '127.0.0.1:0', '--state-dir', path.join(state, 'state')]);
+  try {
+    const address = await until(() => /listening address=(\S+)/.exec(server.stderr())?.[1] ?? null, 'the server');
+    const ours: number[] = [];
+    const bare: number[] = [];
+    for (let i = 0; i < count; i++) {
+      ours.push(await timed([path.join(BIN, 'builder-client.js'), '--remote', address, 'info']));
+      bare.push(await timed(['-e', '0']));
+    }
+    const value = median(ours);
+    const baseline = median(bare);
+    return { name: 'client-info', value: round(value), unit: 'ms', baseline: round(baseline), ratio: round(baseline / value), target: round(1 / 1.5) };
+  } finally {
+    server.child.kill('SIGKILL');
+    fs.rmSync(state, { recursive: true, force: true });
+  }
+}
+
 function round(n: number): number {
   return Math.round(n * 1000) / 1000;
 }
 
 const results: Result[] = [];
-const e2eResult = await e2e(quick ? 200 : 2000);
-results.push(e2eResult);
+results.push(await e2e(quick ? 200 : 2000));
+results.push(await clientLatency(quick ? 15 : 50));
 for (const r of results) {
   console.log(`${r.name}: ${r.value} ${r.unit} (baseline ${r.baseline} ${r.unit}, ratio ${r.ratio}, target ≥ ${r.target})`);
 }
