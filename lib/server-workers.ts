@@ -293,7 +293,7 @@ export class Dispatcher {
   dispatch(platform: string): void {
     const { store, log, options } = this.context;
     const waiting = this.waiting.get(platform);
-    if (waiting === undefined || waiting.length === 0 || store.queueFront(platform) === null) return;
+    if (waiting === undefined || waiting.length === 0 || !store.hasQueued(platform)) return;
     // A full disk: runs stay queued and workers wait; tried again in a while. Looked at once per
     // call, not per run handed out.
     const full = diskFullProblem(options.stateDir, options.minFreeBytes);
@@ -320,7 +320,7 @@ export class Dispatcher {
           break;
         }
       }
-      if (store.queueFront(platform) === null) return;
+      if (!store.hasQueued(platform)) return;
     }
   }
 

@@ -355,11 +355,6 @@ export class Store {
     return row?.notify === null || row?.notify === undefined ? [] : (JSON.parse(row.notify) as string[]);
   }
 
-  /** The names (only) of a job's secret variables. */
-  secretKeysOf(name: string): string[] {
-    return (this.db.prepare('SELECT key FROM job_secrets WHERE job = ? ORDER BY key').all(name) as { key: string }[]).map((row) => row.key);
-  }
-
   setSchedule(name: string, nextDue: number | null, period: Period | null): boolean {
     const result = period === null
       ? this.db.prepare('UPDATE jobs SET next_due = ? WHERE name = ?').run(nextDue, name)
@@ -442,14 +437,9 @@ export class Store {
     return { uuid: row.run_uuid, job };
   }
 
-  /** The front of a platform's queue, without taking it. */
-  queueFront(platform: string): { uuid: string; job: JobRecord } | null {
-    const row = this.db.prepare('SELECT run_uuid, job FROM queue WHERE platform = ? ORDER BY position LIMIT 1').get(platform) as
-      { run_uuid: string; job: string } | undefined;
-    if (row === undefined) return null;
-    const job = this.getJob(row.job);
-    if (job === null) throw new Error(`queue entry ${row.run_uuid} names job ${row.job}, which does not exist`);
-    return { uuid: row.run_uuid, job };
+  /** Whether anything waits in a platform's queue (one index probe: dispatch asks it often). */
+  hasQueued(platform: string): boolean {
+    return this.db.prepare('SELECT 1 FROM queue WHERE platform = ? LIMIT 1').get(platform) !== undefined;
   }
 
   queues(): Record<string, QueueEntry[]> {

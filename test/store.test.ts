@@ -157,8 +157,8 @@ describe('jobs', () => {
       queuedAt: 50, startedAt: null, finishedAt: null, outcome: null, progress: null,
     });
     expect(store.queues()).toEqual({ 'debian-12': [{ uuid, job: 'nightly', queuedAt: 50 }] });
-    expect(store.queueFront('debian-12')).toEqual({ uuid, job: record });
-    expect(store.queueFront('freebsd-14')).toBeNull();
+    expect(store.nextFor('debian-12', [])).toEqual({ uuid, job: record });
+    expect(store.nextFor('freebsd-14', [])).toBeNull();
   });
 
   it('refuses a duplicate name without replace, with a StoreError, and changes nothing', () => {
@@ -246,11 +246,11 @@ describe('queue', () => {
     const b = put(store, job('b'));
     const c = put(store, job('c'));
     expect(order(store)).toEqual(['a', 'b', 'c']);
-    expect(store.queueFront('debian-12')?.uuid).toBe(a);
+    expect(store.nextFor('debian-12', [])?.uuid).toBe(a);
 
     expect(store.enqueue('c', true, 100)).toEqual({ uuid: c, job: 'c', platform: 'debian-12', fresh: false });
     expect(order(store)).toEqual(['c', 'a', 'b']);
-    expect(store.queueFront('debian-12')?.uuid).toBe(c);
+    expect(store.nextFor('debian-12', [])?.uuid).toBe(c);
 
     // back: an already-waiting job keeps its place
     expect(store.enqueue('a', false, 101)).toEqual({ uuid: a, job: 'a', platform: 'debian-12', fresh: false });
@@ -312,8 +312,8 @@ describe('queue', () => {
       'freebsd-14': [{ uuid: f2, job: 'f2', queuedAt: 4 }, { uuid: f1, job: 'f1', queuedAt: 2 }],
     });
     expect(store.queuedPlatforms().sort()).toEqual(['alpine-3', 'debian-12', 'freebsd-14']);
-    expect(store.queueFront('freebsd-14')?.uuid).toBe(f2);
-    expect(store.queueFront('debian-12')?.uuid).toBe(d1);
+    expect(store.nextFor('freebsd-14', [])?.uuid).toBe(f2);
+    expect(store.nextFor('debian-12', [])?.uuid).toBe(d1);
   });
 
   it('cancelQueued cancels a queued run only', () => {
@@ -340,7 +340,7 @@ describe('runs', () => {
     const source: JobSource = { kind: 'template', template: 'opam', vars: { PKG: 'x' } };
     store.startRun(a, 'worker-7', source, '#!/bin/sh\nbuild x\n', 200);
     expect(order(store)).toEqual(['b']);
-    expect(store.queueFront('debian-12')?.uuid).toBe(b);
+    expect(store.nextFor('debian-12', [])?.uuid).toBe(b);
     expect(store.getRun(a)).toEqual({
       uuid: a, job: 'a', platform: 'debian-12', state: 'running', worker: 'worker-7',
       queuedAt: 10, startedAt: 200, finishedAt: null, outcome: null, progress: null,
@@ -410,7 +410,7 @@ describe('runs', () => {
     expect(store.getRun(a)).toMatchObject({ state: 'finished', finishedAt: 500, outcome: { kind: 'worker-lost', message: 'worker w1 disconnected' } });
     expect(store.runDetail(a)?.consoleLines).toBe(17);
     expect(order(store)).toEqual(['a', 'b', 'c']);
-    expect(store.queueFront('debian-12')?.uuid).toBe(again?.uuid);
+    expect(store.nextFor('debian-12', [])?.uuid).toBe(again?.uuid);
     expect(store.getRun(again?.uuid as string)).toMatchObject({ state: 'queued', queuedAt: 500 });
   });
 
@@ -637,7 +637,7 @@ describe('durability across restarts', () => {
     const bUuid = put(first, job('b', { nextDue: 222 }), 11);
     put(first, job('c', { period: { kind: 'never' }, nextDue: null }), 12);
     put(first, job('f', { platform: 'freebsd-14' }), 13);
-    const aUuid = first.queueFront('debian-12')?.uuid as string;
+    const aUuid = first.nextFor('debian-12', [])?.uuid as string;
     first.startRun(aUuid, 'w1', template, 'rendered script', 20);
     first.finishRun(aUuid, { kind: 'exited', code: 0 }, 30, [{ path: 'out.tar', size: 10, sha256: SHA_A }, { path: 'log.txt', size: 2, sha256: SHA_B }], 5);
     first.startRun(bUuid, 'w2', SCRIPT, 'make test', 40);
@@ -654,7 +654,7 @@ describe('durability across restarts', () => {
       runs: ['a', 'b', 'c', 'f'].map((name) => store.runsOfJob(name, 100)),
       details: ['a', 'b', 'c', 'f'].flatMap((name) => store.runsOfJob(name, 100)).map((run) => store.runDetail(run.uuid)),
       running: store.runsInState('running'),
-      front: store.queueFront('debian-12'),
+      front: store.nextFor('debian-12', []),
     });
     const before = snapshot(first);
     expect(before.queues).toEqual({
@@ -675,7 +675,7 @@ describe('durability across restarts', () => {
     expect(snapshot(second)).toEqual(before);
     expect(second.integrityCheck()).toBe('ok');
     // and it keeps working: the restored queue hands out the same front run
-    const front = second.queueFront('debian-12');
+    const front = second.nextFor('debian-12', []);
     expect(front?.job.name).toBe('a');
     second.startRun(front?.uuid as string, 'w3', template, 'x', 80);
     expect(order(second)).toEqual(['b', 'c']);
@@ -778,7 +778,7 @@ describe('labels, environment, secrets and run events', () => {
     expect(JSON.stringify(store.getJob('deploy'))).not.toContain('s3cret');
     expect(JSON.stringify(store.listJobs())).not.toContain('s3cret');
     expect(store.secretsOf('deploy')).toEqual({ KEY: 'k', TOKEN: 's3cret' });
-    expect(store.secretKeysOf('deploy')).toEqual(['KEY', 'TOKEN']);
+    expect(store.secretKeysByJob()).toEqual(new Map([['deploy', ['KEY', 'TOKEN']]]));
     store.putJob(job('deploy'), true, 2, { OTHER: 'o' });
     expect(store.secretsOf('deploy')).toEqual({ OTHER: 'o' });
     store.deleteJob('deploy', 3);
