@@ -8,7 +8,7 @@ import {
 import { formatDuration, parseDuration } from '../lib/period.js';
 import { defaultStateDir } from '../lib/platform.js';
 import { type DialTls, parseAddress } from '../protocol/connection.js';
-import { MAX_TIMEOUT_SECONDS } from '../protocol/types.js';
+import { MAX_TIMEOUT_SECONDS, webhookUrlProblem } from '../protocol/types.js';
 
 export function usageError(program: string, message: string): never {
   process.stderr.write(`${program}: ${message}\n`);
@@ -39,14 +39,9 @@ export function millisecondsOption(program: string, option: string, value: strin
 
 /** Checks an http(s) URL, or exits 1 naming the option. */
 export function urlOption(program: string, option: string, value: string): string {
-  let url: URL | null = null;
-  try {
-    url = new URL(value);
-  } catch {
-    // Reported below.
-  }
-  if (url === null || (url.protocol !== 'http:' && url.protocol !== 'https:')) usageError(program, `${optionName(option)}: '${value}' is not an http:// or https:// URL`);
-  if (url.username !== '' || url.password !== '') {
+  const problem = webhookUrlProblem(value);
+  if (problem === 'not-http') usageError(program, `${optionName(option)}: '${value}' is not an http:// or https:// URL`);
+  if (problem === 'credentials') {
     usageError(program, `${optionName(option)}: a URL must not hold a user name or password (they would show in logs and in show); sign deliveries with the server's --notify-secret-file instead`);
   }
   return value;

@@ -10,7 +10,7 @@ import { Client, ClientError, EXIT } from '../lib/client.js';
 import * as commands from '../lib/client-commands.js';
 import { parseTime, periodFromOptions } from '../lib/period.js';
 import type { JobSource, Period } from '../protocol/types.js';
-import { NAME_PATTERN } from '../protocol/types.js';
+import { LABEL_PATTERN, LABEL_RULE, NAME_PATTERN } from '../protocol/types.js';
 import { parseEnvAssignments, readEnvFiles, readSecretEnv } from '../lib/job-env.js';
 import { urlOption, countOption, dialTlsOption, durationOption, remoteDefault, tokenOption, usageError } from './args.js';
 import { withConfig } from './args.js';
@@ -85,7 +85,7 @@ interface ScheduleArgv {
 function labelsOption(items: string[]): string[] {
   const labels = items.flatMap((item) => String(item).split(',')).map((label) => label.trim()).filter((label) => label !== '');
   for (const label of labels) {
-    if (!/^[A-Za-z0-9][A-Za-z0-9._:=-]{0,63}$/.test(label)) usageError(PROGRAM, `--requires: invalid label '${label}': labels are 1-64 characters of A-Z a-z 0-9 . _ : = -`);
+    if (!LABEL_PATTERN.test(label)) usageError(PROGRAM, `--requires: invalid label '${label}': ${LABEL_RULE}`);
   }
   return [...new Set(labels)];
 }

@@ -97,7 +97,7 @@ export function secretMasks(values: string[]): string[] {
   const masks = new Set<string>();
   for (const value of values) {
     if (value !== '') masks.add(value);
-    for (const line of value.split('\n')) if (line.replace(/\r$/, '') !== '') masks.add(line.replace(/\r$/, ''));
+    for (const line of value.split('\n').map((text) => text.replace(/\r$/, ''))) if (line !== '') masks.add(line);
   }
   return [...masks].sort((a, b) => b.length - a.length);
 }

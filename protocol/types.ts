@@ -42,7 +42,9 @@ export const Period = z.discriminatedUnion('kind', [
 export type Period = z.infer<typeof Period>;
 
 /** Worker labels, and the labels a job requires of its worker. */
-export const Label = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:=-]{0,63}$/, 'labels are 1-64 characters of A-Z a-z 0-9 . _ : = -');
+export const LABEL_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:=-]{0,63}$/;
+export const LABEL_RULE = 'labels are 1-64 characters of A-Z a-z 0-9 . _ : = -';
+export const Label = z.string().regex(LABEL_PATTERN, LABEL_RULE);
 
 /**
  * A job's environment: names are shell identifiers; BUILDER_* is builder's own (BUILDER_UUID,
@@ -65,22 +67,26 @@ export const Progress = z.object({
 });
 export type Progress = z.infer<typeof Progress>;
 
-/** A webhook URL: http or https, nothing else. */
-export const NotifyUrl = z.string().max(2048).refine((text) => {
+/**
+ * What is wrong with a webhook URL, if anything: it is not http(s), or it holds a user name or
+ * password (which would show in logs and in `show`). Shared by the protocol and the command lines.
+ */
+export function webhookUrlProblem(text: string): 'not-http' | 'credentials' | null {
+  let url: URL;
   try {
-    const url = new URL(text);
-    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '';
+    url = new URL(text);
   } catch {
-    return false;
+    return 'not-http';
   }
-}, 'must be an http:// or https:// URL').refine((text) => {
-  try {
-    const url = new URL(text);
-    return url.username === '' && url.password === '';
-  } catch {
-    return true;
-  }
-}, 'must not hold a user name or password (they would show in logs and in show): sign deliveries with --notify-secret-file instead');
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '') return 'not-http';
+  return url.username === '' && url.password === '' ? null : 'credentials';
+}
+
+/** A webhook URL: http or https, without a user name or password. */
+export const NotifyUrl = z.string().max(2048)
+  .refine((text) => webhookUrlProblem(text) !== 'not-http', 'must be an http:// or https:// URL')
+  .refine((text) => webhookUrlProblem(text) !== 'credentials',
+    'must not hold a user name or password (they would show in logs and in show): sign deliveries with --notify-secret-file instead');
 
 /** One webhook delivery of a run event, as `show` lists it. */
 export const Delivery = z.object({
