@@ -14,6 +14,7 @@ import type { RunSummary } from '../protocol/types.js';
 import type { ServerContext } from './server.js';
 import type { PendingDelivery, RunEvent } from './store.js';
 import { SOFTWARE } from './version.js';
+import { pathUri } from './web-render.js';
 
 /** How long one attempt may take before it counts as failed. */
 const ATTEMPT_TIMEOUT_MS = 10_000;
@@ -83,7 +84,7 @@ export class Notifier {
       },
       artifacts: artifacts.map((artifact) => ({
         ...artifact,
-        url: base === null ? null : `${base}/run/${run.uuid}/artifact/${artifact.path.split('/').map(encodeURIComponent).join('/')}`,
+        url: base === null ? null : `${base}/run/${run.uuid}/artifact/${pathUri(artifact.path)}`,
       })),
     };
   }

@@ -48,6 +48,11 @@ export function runDurationMs(run: RunSummary): number | null {
   return (run.finishedAt ?? Date.now()) - run.startedAt;
 }
 
+/** An artifact path as it goes into a URL: each segment encoded, the slashes kept. */
+export function pathUri(artifactPath: string): string {
+  return artifactPath.split('/').map(encodeURIComponent).join('/');
+}
+
 /** A run as the pages show it. */
 export function runView(run: RunSummary): Record<string, unknown> {
   const duration = runDurationMs(run);
@@ -121,7 +126,7 @@ export class Pages {
     this.hb.registerHelper('eq', (a: unknown, b: unknown) => a === b);
     this.hb.registerHelper('uri', (text: unknown) => encodeURIComponent(String(text)));
     // An artifact path keeps its slashes in links (each segment encoded).
-    this.hb.registerHelper('pathUri', (text: unknown) => String(text).split('/').map(encodeURIComponent).join('/'));
+    this.hb.registerHelper('pathUri', (text: unknown) => pathUri(String(text)));
     this.hb.registerHelper('short', (uuid: unknown) => String(uuid).slice(0, 8));
     for (const file of fs.readdirSync(dir)) {
       if (!file.endsWith('.hbs')) continue;
