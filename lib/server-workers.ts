@@ -227,7 +227,7 @@ export class Dispatcher {
   }
 
   /** Workers that left within --forget-workers-after (at most 100), newest first; older ones are forgotten. */
-  recentlyGone(): WorkerInfo[] {
+  private recentlyGone(): WorkerInfo[] {
     const now = Date.now();
     const keep = this.context.options.forgetWorkersSeconds * 1000;
     this.gone = this.gone.filter((gone) => now - (gone.goneAt ?? 0) < keep);
@@ -524,11 +524,6 @@ export class Dispatcher {
   /** Starts (or restarts in full) the timer after which a silent running worker is lost. */
   private watchSilence(worker: WorkerSession): void {
     worker.startSilenceTimer(this.context.options.heartbeatSeconds, () => this.silent(worker));
-  }
-
-  /** Starts watching a new worker's heartbeats. */
-  watch(worker: WorkerSession): void {
-    this.watchSilence(worker);
   }
 
   /**
