@@ -6,7 +6,7 @@ import path from 'node:path';
 import { BIN, type BenchOptions, type Result, cost, median, startServer, timedNode } from './common.js';
 
 export async function clientLatency({ quick, tmp }: BenchOptions): Promise<Result[]> {
-  const count = quick ? 15 : 50;
+  const count = quick ? 10 : 40;
   const server = await startServer(path.join(tmp, 'state'));
   try {
     const ours: number[] = [];

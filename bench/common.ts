@@ -90,8 +90,12 @@ export interface BenchServer extends NodeProcess {
   stop(): Promise<void>;
 }
 
-/** Starts a builder-server on 127.0.0.1 on a free port and waits until it listens. */
+/**
+ * Starts a builder-server on 127.0.0.1 on a free port and waits until it listens. BENCH_SERVER_NODE_ARGS
+ * adds node options to every server a benchmark starts, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'.
+ */
 export async function startServer(stateDir: string, args: string[] = [], nodeArgs: string[] = []): Promise<BenchServer> {
+  nodeArgs = [...(process.env.BENCH_SERVER_NODE_ARGS ?? '').split(' ').filter((arg) => arg !== ''), ...nodeArgs];
   const server = startProgram('builder-server.js', ['--listen', '127.0.0.1:0', '--state-dir', stateDir, ...args], {}, nodeArgs);
   const address = await until(() => {
     if (server.child.exitCode !== null) throw new Error(`the server exited: ${server.stderr()}`);

@@ -130,7 +130,15 @@ function parseVars(list: string[]): Record<string, string> {
   return vars;
 }
 
-await withConfig(yargs(hideBin(process.argv)), PROGRAM, CLIENT_CONFIG)
+const cli = yargs(hideBin(process.argv));
+// yargs renders the whole help text each time a command's handler starts, to show it should the
+// handler fail later. Our .fail() never shows help, and rendering it took a sixth of the client's
+// start-up (see BENCHMARKS.md): skipped, through yargs' internal API when it is there.
+const usage = (cli as unknown as { getInternalMethods?: () => { getUsageInstance(): { cacheHelpMessage?: () => void } } })
+  .getInternalMethods?.().getUsageInstance();
+if (usage?.cacheHelpMessage !== undefined) usage.cacheHelpMessage = () => {};
+
+await withConfig(cli, PROGRAM, CLIENT_CONFIG)
   .scriptName(PROGRAM)
   .usage('$0 [--remote HOST:PORT] COMMAND\n\nTalks to a builder-server. Exit status: 0 success, 1 bad usage, 2 the server refused or '
     + 'could not be reached, 3 the observed run failed.')

@@ -14,6 +14,7 @@ import net from 'node:net';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { ClientMessage } from '../protocol/messages.js';
+import { statementCache } from './statements.js';
 
 export const ROLES = ['viewer', 'operator', 'admin', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
@@ -64,9 +65,11 @@ export class TokenError extends Error {}
 
 export class Tokens {
   private readonly db: Database.Database;
+  private readonly sql: (text: string) => Database.Statement;
 
   constructor(stateDir: string) {
     this.db = new Database(path.join(stateDir, 'auth.sqlite'));
+    this.sql = statementCache(this.db);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(`CREATE TABLE IF NOT EXISTS tokens (
@@ -87,7 +90,7 @@ export class Tokens {
     if (!ROLES.includes(role)) throw new TokenError(`unknown role '${role}': use one of ${ROLES.join(', ')}`);
     const token = `bt_${crypto.randomBytes(32).toString('base64url')}`;
     try {
-      this.db.prepare('INSERT INTO tokens (name, role, sha256, created_at) VALUES (?, ?, ?, ?)').run(name, role, hash(token), now);
+      this.sql('INSERT INTO tokens (name, role, sha256, created_at) VALUES (?, ?, ?, ?)').run(name, role, hash(token), now);
     } catch (error) {
       if ((error as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new TokenError(`a token named ${name} exists; revoke it first`);
       throw error;
@@ -96,26 +99,26 @@ export class Tokens {
   }
 
   list(): TokenInfo[] {
-    return (this.db.prepare('SELECT name, role, created_at FROM tokens ORDER BY name').all() as { name: string; role: Role; created_at: number }[])
+    return (this.sql('SELECT name, role, created_at FROM tokens ORDER BY name').all() as { name: string; role: Role; created_at: number }[])
       .map((row) => ({ name: row.name, role: row.role, createdAt: row.created_at }));
   }
 
   revoke(name: string): boolean {
-    return this.db.prepare('DELETE FROM tokens WHERE name = ?').run(name).changes === 1;
+    return this.sql('DELETE FROM tokens WHERE name = ?').run(name).changes === 1;
   }
 
   get count(): number {
-    return (this.db.prepare('SELECT count(*) AS n FROM tokens').get() as { n: number }).n;
+    return (this.sql('SELECT count(*) AS n FROM tokens').get() as { n: number }).n;
   }
 
   /** Who a token belongs to, or null. */
   check(token: string): Identity | null {
-    const row = this.db.prepare('SELECT name, role FROM tokens WHERE sha256 = ?').get(hash(token)) as Identity | undefined;
+    const row = this.sql('SELECT name, role FROM tokens WHERE sha256 = ?').get(hash(token)) as Identity | undefined;
     return row ?? null;
   }
 
   /** A token's current role (null once revoked): checked before each request. */
   roleOf(name: string): Role | null {
-    return (this.db.prepare('SELECT role FROM tokens WHERE name = ?').get(name) as { role: Role } | undefined)?.role ?? null;
+    return (this.sql('SELECT role FROM tokens WHERE name = ?').get(name) as { role: Role } | undefined)?.role ?? null;
   }
 }

@@ -5,8 +5,6 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { SingleBar } from 'cli-progress';
-import { artifactParser } from '../protocol/artifacts.js';
 import type {
   Artifact, ConsoleLine, Info, JobSource, JobSourceSummary, Period, Progress, RunDetail, RunSummary, WorkerInfo,
 } from '../protocol/types.js';
@@ -342,6 +340,8 @@ const PROGRESS_THRESHOLD = 8 * 1024 * 1024;
  * against its SHA-256 and only then renamed into place. Any mismatch is an error.
  */
 export async function fetchArtifacts(client: Client, args: FetchArgs, io: Output): Promise<number> {
+  // Only fetch needs these two (tar and the progress bar): loaded here, they cost no other command.
+  const [{ SingleBar }, { artifactParser }] = await Promise.all([import('cli-progress'), import('../protocol/artifacts.js')]);
   const id = client.send({ type: 'fetch', uuid: args.uuid });
   const first = await client.receive(id);
   if (first.type !== 'artifacts') throw new ClientError(`unexpected reply '${first.type}' to fetch`, EXIT.server);

@@ -14,8 +14,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { TomlError, parse as parseToml } from 'smol-toml';
-import { parseDocument } from 'yaml';
+import { createRequire } from 'node:module';
 import { defaultStateDir } from './platform.js';
 
 /**
@@ -147,10 +146,15 @@ export function chooseConfigFile(spec: ConfigSpec, env: NodeJS.ProcessEnv, confi
   return { file: null, note: dirs.length === 0 ? 'BUILDER_CONFIG_DIRS is empty: nowhere to look' : `none of ${names} in ${dirs.join(', ')}` };
 }
 
+// The parsers are loaded only when a config file is read: most runs have none, and loading both
+// took a third of the client's start-up. (Both ship CommonJS builds, so they load synchronously.)
+const load = createRequire(import.meta.url);
+
 /** Parses a TOML or YAML file into its top-level pairs; syntax errors name the file and line. */
 export function parseConfigText(file: string, text: string): Record<string, unknown> {
   const source = text.replace(/^\uFEFF/, '');
   if (path.extname(file).toLowerCase() === '.toml') {
+    const { TomlError, parse: parseToml } = load('smol-toml') as typeof import('smol-toml');
     try {
       return parseToml(source) as Record<string, unknown>;
     } catch (error) {
@@ -159,6 +163,7 @@ export function parseConfigText(file: string, text: string): Record<string, unkn
       throw new ConfigError(`${file}: line ${error.line}: invalid TOML: ${problem}`);
     }
   }
+  const { parseDocument } = load('yaml') as typeof import('yaml');
   const document = parseDocument(source);
   const error = document.errors[0];
   if (error !== undefined) {

@@ -34,23 +34,29 @@ export function parseLine(text: string): ConsoleLine | null {
   return { at, stream, text: text.slice(second + 1) };
 }
 
-/** The console file of one running run, open for appending. */
+/**
+ * The console file of one running run, created by its first line: a run that prints nothing costs
+ * no file (and, with --strict, no fsync).
+ */
 export class ConsoleWriter {
-  private fd: number;
+  private fd = -1;
+  private closed = false;
   bytes = 0;
   lines = 0;
 
-  constructor(readonly file: string, private readonly syncDir = false) {
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    // A run that is dispatched again after a crash starts a fresh console: truncate.
-    this.fd = fs.openSync(file, 'w');
-  }
+  constructor(readonly file: string, private readonly syncDir = false) {}
 
   /**
    * Appends lines (already normalised: no newline inside) synchronously, so a replay that starts
    * after this call sees them in the file.
    */
   append(lines: ConsoleLine[]): void {
+    if (this.closed) throw new Error(`console ${this.file} is closed`);
+    if (this.fd < 0) {
+      fs.mkdirSync(path.dirname(this.file), { recursive: true });
+      // A run dispatched again after a crash (before its start was committed) starts afresh: truncate.
+      this.fd = fs.openSync(this.file, 'w');
+    }
     const buffer = Buffer.from(formatLines(lines));
     fs.writeSync(this.fd, buffer);
     this.bytes += buffer.length;
@@ -62,11 +68,12 @@ export class ConsoleWriter {
    * Called before the run's outcome is committed.
    */
   close(sync: boolean): void {
+    this.closed = true;
     if (this.fd < 0) return;
     if (sync) fs.fdatasyncSync(this.fd);
     fs.closeSync(this.fd);
     this.fd = -1;
-    // The file was created at dispatch: its directory entry must be durable too (--strict).
+    // The file was created by this run: its directory entry must be durable too (--strict).
     if (sync && this.syncDir) syncDirectory(path.dirname(this.file));
   }
 }

@@ -6,6 +6,8 @@
  * server. The final `run-end` is never dropped: it bypasses the limit, and an observer still
  * replaying gets it right after catching up.
  */
+import { Connection } from '../protocol/connection.js';
+import { encodeFrame } from '../protocol/frame.js';
 import type { ServerToClient } from '../protocol/messages.js';
 import type { ConsoleLine, RunSummary } from '../protocol/types.js';
 import type { ConsoleStore } from './console-log.js';
@@ -38,7 +40,54 @@ class Observer {
   ended: RunSummary | null = null;
   /** The newest state change seen while replaying, sent once caught up. */
   update: RunSummary | null = null;
+  /** This observer's `console` frame up to its `lines` value (see SharedLines), made on first use. */
+  private head: Buffer | null = null;
   constructor(readonly conn: ObserverSink, readonly id: number, readonly uuid: string) {}
+
+  /**
+   * Sends live lines. To a client connection, the lines encoded once for every observer follow this
+   * observer's own head; to any other sink (the web view), the message as usual.
+   */
+  sendLines(shared: SharedLines): boolean {
+    const conn = this.conn;
+    if (!(conn instanceof Connection)) return conn.send({ type: 'console', id: this.id, lines: shared.lines });
+    if (conn.isClosed || conn.socket.destroyed) return false;
+    this.head ??= SharedLines.head(this.id);
+    const body = shared.encoded();
+    const length = Buffer.allocUnsafe(4);
+    length.writeUInt32BE(this.head.length + body.length, 0);
+    // One writev for the three pieces: no copy of the lines per observer.
+    conn.socket.cork();
+    conn.socket.write(length);
+    conn.socket.write(this.head);
+    const flowing = conn.socket.write(body);
+    conn.socket.uncork();
+    return flowing;
+  }
+}
+
+/**
+ * One batch of live lines, msgpack-encoded at most once however many observers get it: with 20
+ * observers, encoding the same lines 20 times was most of the server's work. A `console` message is
+ * the map {type, id, lines} with `lines` last (msgpackr writes keys in insertion order), so each
+ * observer's frame is its head — the map up to the `lines` key, made once per observer — followed
+ * by the shared encoding of the array: byte for byte what encodeFrame would have made.
+ */
+class SharedLines {
+  private body: Buffer | null = null;
+  constructor(readonly lines: ConsoleLine[]) {}
+
+  encoded(): Buffer {
+    this.body ??= encodeFrame(this.lines).subarray(4);
+    return this.body;
+  }
+
+  static head(id: number): Buffer {
+    const empty = encodeFrame({ type: 'console', id, lines: [] });
+    // An empty array is the single byte 0x90, and it comes last.
+    if (empty[empty.length - 1] !== 0x90) throw new Error('unexpected encoding of a console message');
+    return empty.subarray(4, empty.length - 1);
+  }
 }
 
 interface LatestWaiter {
@@ -108,12 +157,18 @@ export class ObserverHub {
     return matching;
   }
 
+  /** Whether anyone observes run `uuid` (so that telling them is worth loading it). */
+  watching(uuid: string): boolean {
+    return this.byRun.has(uuid);
+  }
+
   lines(uuid: string, lines: ConsoleLine[]): void {
     const set = this.byRun.get(uuid);
     if (set === undefined) return;
+    const shared = new SharedLines(lines);
     for (const observer of set) {
       // An observer still replaying reads these lines from the file.
-      if (!observer.replaying) this.deliver(observer, { type: 'console', id: observer.id, lines }, false);
+      if (!observer.replaying) this.deliver(observer, shared, false);
     }
   }
 
@@ -144,13 +199,14 @@ export class ObserverHub {
     this.latestWaiters = this.latestWaiters.filter((w) => w.conn !== conn);
   }
 
-  private deliver(observer: Observer, message: ServerToClient, final: boolean): void {
+  private deliver(observer: Observer, message: ServerToClient | SharedLines, final: boolean): void {
     if (observer.done) return;
     if (!final && observer.conn.backlog > this.limits.maxBacklogBytes) {
       this.cut(observer, `it fell more than ${this.limits.maxBacklogBytes} bytes behind the console`);
       return;
     }
-    observer.conn.send(message);
+    if (message instanceof SharedLines) observer.sendLines(message);
+    else observer.conn.send(message);
     if (final) this.finish(observer);
   }
 

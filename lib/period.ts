@@ -2,8 +2,29 @@
  * Durations ("30m", "1d12h"), schedule periods (every / cron / never) and the next due time of each.
  * Used by the client to check what a user typed and by the server to decide when a job is due.
  */
-import { CronExpressionParser } from 'cron-parser';
+import { createRequire } from 'node:module';
 import type { Period } from '../protocol/types.js';
+
+type CronParser = typeof import('cron-parser').CronExpressionParser;
+let cronParser: CronParser | null = null;
+
+/**
+ * cron-parser (CommonJS), loaded on first use: most command lines never need it, and loading it
+ * costs a tenth of the client's start-up.
+ */
+function cron(): CronParser {
+  cronParser ??= (createRequire(import.meta.url)('cron-parser') as typeof import('cron-parser')).CronExpressionParser;
+  return cronParser;
+}
+
+/**
+ * Loads cron-parser (and luxon, which it initialises on first use) now. The server calls it at start:
+ * loaded on first use, it would hold up the first cron schedule that falls due (and every schedule
+ * due with it) by tens of milliseconds.
+ */
+export function loadCronParser(): void {
+  cron().parse('0 3 * * *', { currentDate: new Date(0), tz: 'UTC' }).next();
+}
 
 const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 7 * 86400 };
 
@@ -65,7 +86,7 @@ export function periodFromOptions(options: PeriodOptions, fallback: Period | nul
 /** Throws a one-line error if `expression` is not a cron expression cron-parser understands. */
 export function checkCron(expression: string): void {
   try {
-    CronExpressionParser.parse(expression, { currentDate: new Date(0), tz: 'UTC' });
+    cron().parse(expression, { currentDate: new Date(0), tz: 'UTC' });
   } catch (error) {
     throw new Error(`invalid cron expression '${expression}': ${(error as Error).message}`);
   }
@@ -91,11 +112,36 @@ export function nextDue(period: Period, after: number, anchor: number = after): 
       const periods = Math.floor((after - anchor) / step) + 1;
       return anchor + periods * step;
     }
-    case 'cron': {
-      const expression = CronExpressionParser.parse(period.expression, { currentDate: new Date(after), tz: 'UTC' });
-      return expression.next().getTime();
-    }
+    case 'cron':
+      return nextCron(period.expression, after);
   }
+}
+
+/**
+ * Per cron expression: the parsed expression, and its last answer with the time it was asked for.
+ * Parsing and stepping a cron expression costs a good fraction of a millisecond (cron-parser works on
+ * luxon dates), and a farm's jobs share a few cron lines: when thousands of "0 3 * * *" jobs fall due
+ * at 03:00, each would pay that again while all of them wait for the same transaction. The next time
+ * after `after` is the same for every `after` from the one asked last up to (not including) the
+ * answer, so the answer is reused there. Bounded: cleared when it holds too many expressions.
+ */
+const cronCache = new Map<string, { expression: ReturnType<CronParser['parse']>; after: number; due: number }>();
+const CRON_CACHE_SIZE = 10_000;
+
+function nextCron(text: string, after: number): number {
+  const cached = cronCache.get(text);
+  if (cached !== undefined && cached.after <= after && after < cached.due) return cached.due;
+  const expression = cached?.expression ?? cron().parse(text, { tz: 'UTC' });
+  expression.reset(new Date(after));
+  const due = expression.next().getTime();
+  if (cached !== undefined) {
+    cached.after = after;
+    cached.due = due;
+  } else {
+    if (cronCache.size >= CRON_CACHE_SIZE) cronCache.clear();
+    cronCache.set(text, { expression, after, due });
+  }
+  return due;
 }
 
 export function describePeriod(period: Period): string {

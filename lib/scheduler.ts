@@ -3,8 +3,8 @@
  * rather than polling on a tick. When it fires, the store queues every due job and moves each schedule
  * on in one transaction; the server then hands the new runs to waiting workers.
  */
-import type { Enqueued, JobRecord, Store } from './store.js';
-import { nextDue } from './period.js';
+import type { DueJob, Enqueued, Store } from './store.js';
+import { loadCronParser, nextDue } from './period.js';
 
 // setTimeout cannot wait longer than 2^31-1 ms (about 24.8 days); a later due time is reached in steps.
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -14,12 +14,14 @@ export class Scheduler {
   private armedFor: number | null = null;
 
   constructor(private readonly store: Store, private readonly onQueued: (runs: Enqueued[]) => void,
-    private readonly onError: (error: Error) => void = () => {}, private readonly clock: () => number = Date.now) {}
+    private readonly onError: (error: Error) => void = () => {}, private readonly clock: () => number = Date.now) {
+    loadCronParser();
+  }
 
   /** Queues whatever is due now, then sets the timer for the next due time. Call after every change. */
   rearm(): void {
     const now = this.clock();
-    const queued = this.store.enqueueDue(now, (job: JobRecord) => nextDue(job.period, now, job.nextDue ?? now));
+    const queued = this.store.enqueueDue(now, (job: DueJob) => nextDue(job.period, now, job.nextDue ?? now));
     if (queued.length > 0) this.onQueued(queued);
     const due = this.store.earliestDue();
     if (due === this.armedFor && this.timer !== null) return;

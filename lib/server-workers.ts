@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import type { Connection } from '../protocol/connection.js';
 import { artifactParser } from '../protocol/artifacts.js';
 import { type Hello, WorkerMessage, parseWith } from '../protocol/messages.js';
-import type { Artifact, ConsoleLine, JobSource, Outcome, Progress, WorkerInfo } from '../protocol/types.js';
+import type { Artifact, ConsoleLine, JobSource, Outcome, Progress, RunSummary, WorkerInfo } from '../protocol/types.js';
 import { describeOutcome, limitMessage } from '../protocol/types.js';
 import { type ConsoleWriter, normalizeLines } from './console-log.js';
 import { diskFullProblem, isDiskFull } from './disk.js';
@@ -172,6 +172,27 @@ export class WorkerSession {
   }
 }
 
+/** A run started inside a dispatch pass, to be sent to its worker once the pass has committed. */
+interface Start {
+  worker: WorkerSession;
+  uuid: string;
+  job: JobRecord;
+  script: string;
+  env: Record<string, string>;
+  secrets: Record<string, string>;
+}
+
+interface PendingFinish {
+  uuid: string;
+  outcome: Outcome;
+  artifacts: Artifact[];
+  consoleLines: number;
+  /** Files of a refused upload, already stored, that belong to no run. */
+  refused: Artifact[];
+  resolve(): void;
+  reject(error: Error): void;
+}
+
 const DISK_RETRY_MS = 2000;
 /** Gone workers remembered at most (the newest), however short --forget-workers-after is. */
 const GONE_WORKERS_KEPT = 100;
@@ -183,6 +204,10 @@ export class Dispatcher {
   private readonly diskRetry = new Map<string, NodeJS.Timeout>();
   /** Runs whose artifacts are being stored and not yet committed (see Retention). */
   private readonly uploads = new Set<string>();
+  /** Platforms with a dispatch pass due at the end of this turn. */
+  private readonly dispatchDue = new Set<string>();
+  /** Outcomes waiting for the group commit at the end of this turn (see commitFinish). */
+  private finishing: PendingFinish[] = [];
   /** Workers that asked for a job and got none yet, per platform, in the order they asked. */
   private readonly waiting = new Map<string, WorkerSession[]>();
 
@@ -287,49 +312,83 @@ export class Dispatcher {
   }
 
   /**
-   * Hands queued runs of `platform` to waiting workers, in the order they asked: each gets the first
-   * run whose job requires no label it lacks.
+   * Hands queued runs of `platform` to waiting workers soon: at the end of this turn of the event
+   * loop, so that the workers that asked and the runs that were queued during the turn are matched
+   * in one pass and one commit.
    */
   dispatch(platform: string): void {
+    this.dispatchDue.add(platform);
+    if (this.dispatchDue.size > 1) return;
+    setImmediate(() => {
+      const platforms = [...this.dispatchDue];
+      this.dispatchDue.clear();
+      for (const due of platforms) this.guarded('dispatch', () => this.dispatchNow(due));
+    });
+  }
+
+  /**
+   * Hands queued runs of `platform` to waiting workers, in the order they asked: each gets the first
+   * run whose job requires no label it lacks. All starts share one commit; workers get their jobs
+   * only once it is done.
+   */
+  private dispatchNow(platform: string): void {
     const { store, log, options } = this.context;
     const waiting = this.waiting.get(platform);
     if (waiting === undefined || waiting.length === 0 || !store.hasQueued(platform)) return;
     // A full disk: runs stay queued and workers wait; tried again in a while. Looked at once per
-    // call, not per run handed out.
+    // pass, not per run handed out.
     const full = diskFullProblem(options.stateDir, options.minFreeBytes);
     if (full !== null) {
       if (!this.diskRetry.has(platform)) log('disk-full', { platform, problem: full });
-      this.diskRetry.set(platform, this.diskRetry.get(platform) ?? setTimeout(() => {
-        this.diskRetry.delete(platform);
-        this.guarded('dispatch after a full disk', () => this.dispatch(platform));
-      }, DISK_RETRY_MS));
+      this.retryDispatch(platform);
       return;
     }
-    for (const worker of [...waiting]) {
-      if (worker.conn.isClosed) {
-        waiting.splice(waiting.indexOf(worker), 1);
-        continue;
-      }
-      for (;;) {
-        const next = store.nextFor(platform, worker.labels);
-        if (next === null) break;
-        const started = this.start(worker, next.uuid, next.job);
-        if (started === 'stop') return;
-        if (started === 'started') {
-          waiting.splice(waiting.indexOf(worker), 1);
-          break;
+    const starts: Start[] = [];
+    const failed: RunSummary[] = [];
+    try {
+      store.batch(() => {
+        const taken = new Set<WorkerSession>();
+        for (const worker of waiting) {
+          if (worker.conn.isClosed) continue;
+          for (;;) {
+            const next = store.nextFor(platform, worker.labels);
+            if (next === null) break;
+            const start = this.start(worker, next.uuid, next.job, failed);
+            if (start !== null) {
+              starts.push(start);
+              taken.add(worker);
+              break;
+            }
+          }
+          if (!store.hasQueued(platform)) break;
         }
-      }
-      if (!store.hasQueued(platform)) return;
+      }, false);
+    } catch (error) {
+      // The commit failed (the database's disk is full?): nothing started; the workers wait on.
+      log('error', { platform, problem: `cannot start runs: ${(error as Error).message}` });
+      this.retryDispatch(platform);
+      return;
     }
+    this.waiting.set(platform, waiting.filter((worker) => !worker.conn.isClosed && !starts.some((start) => start.worker === worker)));
+    for (const run of failed) this.context.hub.end(run);
+    for (const start of starts) this.begin(start);
+  }
+
+  private retryDispatch(platform: string): void {
+    if (this.diskRetry.has(platform)) return;
+    this.diskRetry.set(platform, setTimeout(() => {
+      this.diskRetry.delete(platform);
+      this.dispatch(platform);
+    }, DISK_RETRY_MS));
   }
 
   /**
-   * Starts a queued run on a waiting worker. 'skipped': the run failed before it could start (its
-   * template), try the next; 'stop': nothing can start now (the console file cannot be opened).
+   * Records a queued run as started on a waiting worker (inside dispatchNow's transaction) and says
+   * what to send once that commits; null when the run failed before it could start (its template:
+   * the job's problem, never the worker's), its summary added to `failed`.
    */
-  private start(worker: WorkerSession, uuid: string, job: JobRecord): 'started' | 'skipped' | 'stop' {
-    const { store, templates, hub, log, options } = this.context;
+  private start(worker: WorkerSession, uuid: string, job: JobRecord, failed: RunSummary[]): Start | null {
+    const { store, templates, log } = this.context;
     const now = Date.now();
     let script: string;
     const source: JobSource = job.source;
@@ -337,33 +396,32 @@ export class Dispatcher {
       script = source.kind === 'script' ? source.script
         : templates.render(source.template, job.platform, source.vars, { job: job.name, platform: job.platform, uuid });
     } catch (error) {
-      // Whatever went wrong rendering is the job's problem, never the waiting worker's.
       const message = error instanceof TemplateError ? error.message : `template ${source.kind === 'template' ? source.template : ''} failed: ${(error as Error).message}`;
       store.finishRun(uuid, { kind: 'error', message: limitMessage(message) }, now);
       log('finish', { run: uuid, job: job.name, outcome: `error: ${message}` });
       const run = store.getRun(uuid);
-      if (run !== null) hub.end(run);
-      return 'skipped';
-    }
-    // The console file is opened before the run is recorded as running: if it cannot be (a full
-    // disk, no file descriptors), the run stays queued and the worker keeps waiting.
-    let console: ConsoleWriter;
-    try {
-      console = this.context.consoles.open(uuid);
-    } catch (error) {
-      log('error', { run: uuid, problem: `cannot open the console file: ${(error as Error).message}` });
-      return 'stop';
+      if (run !== null) failed.push(run);
+      return null;
     }
     const env = job.env ?? {};
     const secrets = store.secretsOf(job.name);
-    try {
-      store.startRun(uuid, worker.id, source, script, now, { env, secretKeys: Object.keys(secrets) });
-    } catch (error) {
-      console.close(false);
-      throw error;
-    }
+    store.startRun(uuid, worker.id, source, script, now, { env, secretKeys: Object.keys(secrets) });
+    return { worker, uuid, job, script, env, secrets };
+  }
+
+  /** Sends a committed start to its worker. */
+  private begin({ worker, uuid, job, script, env, secrets }: Start): void {
+    const { store, hub, log, options } = this.context;
     worker.waiting = false;
-    worker.run = { uuid, job: job.name, console, upload: null, finishing: false, secrets: secretMasks(Object.values(secrets)), progress: null };
+    worker.run = {
+      uuid, job: job.name, console: this.context.consoles.open(uuid), upload: null, finishing: false,
+      secrets: secretMasks(Object.values(secrets)), progress: null,
+    };
+    if (worker.conn.isClosed) {
+      // It left while the start was being committed: its run is lost and queued again at once.
+      this.loseRun(worker, `worker ${worker.id} disconnected: ${worker.goneReason ?? 'connection closed'}`);
+      return;
+    }
     const given = { ...env, ...secrets };
     worker.conn.send({
       type: 'job', uuid, name: job.name, platform: job.platform, script,
@@ -371,9 +429,10 @@ export class Dispatcher {
       ...(Object.keys(given).length > 0 ? { env: given } : {}),
     });
     log('dispatch', { run: uuid, job: job.name, platform: job.platform, worker: worker.id });
-    const run = store.getRun(uuid);
-    if (run !== null) hub.update(run);
-    return 'started';
+    if (hub.watching(uuid)) {
+      const run = store.getRun(uuid);
+      if (run !== null) hub.update(run);
+    }
   }
 
   async handle(worker: WorkerSession, message: WorkerMessage): Promise<void> {
@@ -401,11 +460,11 @@ export class Dispatcher {
         try {
           run.console.append(lines);
         } catch (error) {
-          if (!isDiskFull(error)) throw error;
           // The job goes on; what it prints from now on is not kept (observers are told).
           run.consoleFull = true;
-          this.context.log('disk-full', { run: run.uuid, problem: 'console not written' });
-          this.context.hub.lines(run.uuid, [{ at: lines[0]?.at ?? 0, stream: 'builder', text: 'the server\'s disk is full: the rest of this console is not kept' }]);
+          const problem = isDiskFull(error) ? 'the server\'s disk is full' : `the server cannot write the console: ${(error as Error).message}`;
+          this.context.log(isDiskFull(error) ? 'disk-full' : 'error', { run: run.uuid, problem: `console not written: ${problem}` });
+          this.context.hub.lines(run.uuid, [{ at: lines[0]?.at ?? 0, stream: 'builder', text: `${problem}: the rest of this console is not kept` }]);
           return;
         }
         this.context.hub.lines(run.uuid, lines);
@@ -480,9 +539,7 @@ export class Dispatcher {
     }
     run.console.close(this.context.options.strict);
     try {
-      store.finishRun(run.uuid, outcome, Date.now(), artifacts, run.console.lines);
-      // Files a refused upload had already stored belong to no run: they go with the garbage.
-      if (run.upload !== null && run.upload.problem !== null) store.addGarbage('artifact', run.upload.artifacts.map((a) => a.sha256));
+      await this.commitFinish(run.uuid, outcome, artifacts, run.console.lines, run.upload !== null && run.upload.problem !== null ? run.upload.artifacts : []);
     } finally {
       this.uploads.delete(run.uuid);
     }
@@ -490,9 +547,52 @@ export class Dispatcher {
     this.watchSilence(worker);
     worker.conn.send({ type: 'finished-ack', uuid: run.uuid });
     log('finish', { run: run.uuid, job: run.job, worker: worker.id, outcome: describeOutcome(outcome), artifacts: artifacts.length, lines: run.console.lines });
-    const summary = store.getRun(run.uuid);
-    if (summary !== null) hub.end(summary);
-    this.context.retention.collect();
+    if (hub.watching(run.uuid)) {
+      const summary = store.getRun(run.uuid);
+      if (summary !== null) hub.end(summary);
+    }
+  }
+
+  /**
+   * Group commit: outcomes reported during one turn of the event loop are committed together, in
+   * one transaction, after the turn (with --strict, one fsync for them all); each resolves once it
+   * is committed, and only then is the worker acknowledged. An outcome the store refuses (its run is
+   * no longer running) fails alone: each is a savepoint of the shared transaction.
+   */
+  private commitFinish(uuid: string, outcome: Outcome, artifacts: Artifact[], consoleLines: number, refused: Artifact[]): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.finishing.length === 0) setImmediate(() => this.commitFinishes());
+      this.finishing.push({ uuid, outcome, artifacts, consoleLines, refused, resolve, reject });
+    });
+  }
+
+  private commitFinishes(): void {
+    const { store, retention } = this.context;
+    const batch = this.finishing;
+    this.finishing = [];
+    let failures: (Error | null)[];
+    try {
+      failures = store.batch(() => batch.map((item) => {
+        try {
+          store.finishRun(item.uuid, item.outcome, Date.now(), item.artifacts, item.consoleLines);
+          // Files a refused upload had already stored belong to no run: they go with the garbage.
+          if (item.refused.length > 0) store.addGarbage('artifact', item.refused.map((a) => a.sha256));
+          return null;
+        } catch (error) {
+          return error as Error;
+        }
+      }));
+    } catch (error) {
+      // The commit itself failed (a full disk): none of them is recorded.
+      failures = batch.map(() => error as Error);
+    }
+    batch.forEach((item, i) => {
+      const failure = failures[i];
+      if (failure === null || failure === undefined) item.resolve();
+      else item.reject(failure);
+    });
+    // Acknowledgements and observers first (the promises above), then the files of pruned runs.
+    setImmediate(() => this.guarded('collecting garbage', () => retention.collect()));
   }
 
   /**

@@ -10,6 +10,7 @@
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import { limitMessage } from '../protocol/types.js';
+import { statementCache } from './statements.js';
 import type {
   Artifact, Delivery, Env, JobSource, Outcome, Period, Progress, QueueEntry, RunDetail, RunState, RunSummary,
 } from '../protocol/types.js';
@@ -209,6 +210,9 @@ function toRun(row: RunRow): RunSummary {
   };
 }
 
+/** What the scheduler needs of a job that fell due to compute its next due time. */
+export type DueJob = Pick<JobRecord, 'name' | 'platform' | 'period' | 'nextDue'>;
+
 /** What enqueue did: queued a new run, or found the job already waiting (and maybe moved it). */
 export interface Enqueued {
   uuid: string;
@@ -219,9 +223,11 @@ export interface Enqueued {
 
 export class Store {
   readonly db: Database.Database;
+  private readonly sql: (text: string) => Database.Statement;
 
   /** Finished runs kept per job unless the job says otherwise; 0 keeps all. */
   readonly keepRuns: number;
+  private readonly strict: boolean;
 
   /**
    * Called inside the transaction of every run event (a fresh run queued, a run started, a run
@@ -231,7 +237,9 @@ export class Store {
 
   constructor(path: string, options: { strict?: boolean; keepRuns?: number } = {}) {
     this.keepRuns = options.keepRuns ?? 0;
+    this.strict = options.strict === true;
     this.db = new Database(path);
+    this.sql = statementCache(this.db);
     try {
       // One server per state directory: the first write takes SQLite's exclusive lock and keeps it
       // for the life of the process (the OS releases it if the process dies). A second server on the
@@ -292,12 +300,12 @@ export class Store {
   // ---- jobs and schedules -----------------------------------------------------------------------
 
   getJob(name: string): JobRecord | null {
-    const row = this.db.prepare('SELECT * FROM jobs WHERE name = ?').get(name) as JobRow | undefined;
+    const row = this.sql('SELECT * FROM jobs WHERE name = ?').get(name) as JobRow | undefined;
     return row === undefined ? null : toJob(row);
   }
 
   listJobs(): JobRecord[] {
-    return (this.db.prepare('SELECT * FROM jobs ORDER BY name').all() as JobRow[]).map(toJob);
+    return (this.sql('SELECT * FROM jobs ORDER BY name').all() as JobRow[]).map(toJob);
   }
 
   /** Adds a job (or replaces one of the same name when `replace`), and queues it in the same transaction. */
@@ -308,14 +316,14 @@ export class Store {
       let cancelled: string | null = null;
       if (existing !== null) {
         if (existing.platform !== job.platform) cancelled = this.removeQueued(job.name, 'job replaced for another platform', now);
-        this.db.prepare('DELETE FROM jobs WHERE name = ?').run(job.name);
-        this.db.prepare('DELETE FROM job_secrets WHERE job = ?').run(job.name);
+        this.sql('DELETE FROM jobs WHERE name = ?').run(job.name);
+        this.sql('DELETE FROM job_secrets WHERE job = ?').run(job.name);
       }
-      this.db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, keep_runs, owner, requires, env, notify, created_at)
+      this.sql(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, keep_runs, owner, requires, env, notify, created_at)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
         JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, job.keepRuns, job.owner ?? null,
         jsonOrNull(job.requires), jsonOrNull(job.env), jsonOrNull(job.notify), existing?.createdAt ?? job.createdAt);
-      const secret = this.db.prepare('INSERT INTO job_secrets (job, key, value) VALUES (?, ?, ?)');
+      const secret = this.sql('INSERT INTO job_secrets (job, key, value) VALUES (?, ?, ?)');
       for (const [key, value] of Object.entries(secrets)) secret.run(job.name, key, value);
       if (existing !== null) this.pruneLocked(job.name);
       const enqueued = this.isDropped(job.platform) ? null : this.enqueueLocked(job.name, job.platform, false, now);
@@ -327,21 +335,21 @@ export class Store {
   deleteJob(name: string, now: number): { existed: boolean; cancelled: string | null } {
     return this.db.transaction(() => {
       const cancelled = this.removeQueued(name, 'job unscheduled', now);
-      this.db.prepare('DELETE FROM job_secrets WHERE job = ?').run(name);
-      return { existed: this.db.prepare('DELETE FROM jobs WHERE name = ?').run(name).changes > 0, cancelled };
+      this.sql('DELETE FROM job_secrets WHERE job = ?').run(name);
+      return { existed: this.sql('DELETE FROM jobs WHERE name = ?').run(name).changes > 0, cancelled };
     })();
   }
 
   /** A job's secret variables, for the worker that runs it. Never listed anywhere else. */
   secretsOf(name: string): Env {
-    const rows = this.db.prepare('SELECT key, value FROM job_secrets WHERE job = ? ORDER BY key').all(name) as { key: string; value: string }[];
+    const rows = this.sql('SELECT key, value FROM job_secrets WHERE job = ? ORDER BY key').all(name) as { key: string; value: string }[];
     return Object.fromEntries(rows.map((row) => [row.key, row.value]));
   }
 
   /** The names (only) of every job's secret variables, by job. */
   secretKeysByJob(): Map<string, string[]> {
     const keys = new Map<string, string[]>();
-    for (const row of this.db.prepare('SELECT job, key FROM job_secrets ORDER BY job, key').all() as { job: string; key: string }[]) {
+    for (const row of this.sql('SELECT job, key FROM job_secrets ORDER BY job, key').all() as { job: string; key: string }[]) {
       const list = keys.get(row.job) ?? [];
       list.push(row.key);
       keys.set(row.job, list);
@@ -351,20 +359,20 @@ export class Store {
 
   /** The webhook URLs of the job a run belongs to (one indexed lookup: called for every run event). */
   notifyOfRun(uuid: string): string[] {
-    const row = this.db.prepare('SELECT j.notify FROM runs r JOIN jobs j ON j.name = r.job WHERE r.uuid = ?').get(uuid) as { notify: string | null } | undefined;
+    const row = this.sql('SELECT j.notify FROM runs r JOIN jobs j ON j.name = r.job WHERE r.uuid = ?').get(uuid) as { notify: string | null } | undefined;
     return row?.notify === null || row?.notify === undefined ? [] : (JSON.parse(row.notify) as string[]);
   }
 
   setSchedule(name: string, nextDue: number | null, period: Period | null): boolean {
     const result = period === null
-      ? this.db.prepare('UPDATE jobs SET next_due = ? WHERE name = ?').run(nextDue, name)
-      : this.db.prepare('UPDATE jobs SET next_due = ?, period = ? WHERE name = ?').run(nextDue, JSON.stringify(period), name);
+      ? this.sql('UPDATE jobs SET next_due = ? WHERE name = ?').run(nextDue, name)
+      : this.sql('UPDATE jobs SET next_due = ?, period = ? WHERE name = ?').run(nextDue, JSON.stringify(period), name);
     return result.changes > 0;
   }
 
   /** The earliest due time of any schedule, or null if nothing is ever due. */
   earliestDue(): number | null {
-    const row = this.db.prepare('SELECT MIN(next_due) AS due FROM jobs WHERE next_due IS NOT NULL').get() as { due: number | null };
+    const row = this.sql('SELECT MIN(next_due) AS due FROM jobs WHERE next_due IS NOT NULL').get() as { due: number | null };
     return row.due;
   }
 
@@ -372,15 +380,20 @@ export class Store {
    * Queues every job due at `now` (unless already queued or its platform is dropped) and moves each
    * schedule to its next due time, all in one transaction.
    */
-  enqueueDue(now: number, next: (job: JobRecord) => number | null): Enqueued[] {
+  enqueueDue(now: number, next: (job: DueJob) => number | null): Enqueued[] {
     return this.db.transaction(() => {
-      const due = (this.db.prepare('SELECT * FROM jobs WHERE next_due IS NOT NULL AND next_due <= ? ORDER BY next_due, name').all(now) as JobRow[]).map(toJob);
+      // Only the columns the schedule needs, and the rowid to move it on: thousands of jobs can fall
+      // due at the same instant (a cron line they share), and all of them wait for this transaction.
+      const due = this.sql(`SELECT rowid, name, platform, period, next_due FROM jobs WHERE next_due IS NOT NULL AND next_due <= ?
+        ORDER BY next_due, name`).all(now) as { rowid: number; name: string; platform: string; period: string; next_due: number }[];
+      if (due.length === 0) return [];
+      const dropped = new Set(this.droppedPlatforms());
       const queued: Enqueued[] = [];
-      const update = this.db.prepare('UPDATE jobs SET next_due = ? WHERE name = ?');
-      for (const job of due) {
-        update.run(next(job), job.name);
-        if (this.isDropped(job.platform)) continue;
-        const enqueued = this.enqueueLocked(job.name, job.platform, false, now);
+      const update = this.sql('UPDATE jobs SET next_due = ? WHERE rowid = ?');
+      for (const row of due) {
+        update.run(next({ name: row.name, platform: row.platform, period: JSON.parse(row.period) as Period, nextDue: row.next_due }), row.rowid);
+        if (dropped.has(row.platform)) continue;
+        const enqueued = this.enqueueLocked(row.name, row.platform, false, now);
         if (enqueued.fresh) queued.push(enqueued);
       }
       return queued;
@@ -400,24 +413,24 @@ export class Store {
   }
 
   private enqueueLocked(name: string, platform: string, front: boolean, now: number): Enqueued {
-    const waiting = this.db.prepare('SELECT run_uuid FROM queue WHERE job = ?').get(name) as { run_uuid: string } | undefined;
-    const position = (this.db.prepare(`SELECT ${front ? 'MIN(position) - 1' : 'MAX(position) + 1'} AS p FROM queue WHERE platform = ?`)
+    const waiting = this.sql('SELECT run_uuid FROM queue WHERE job = ?').get(name) as { run_uuid: string } | undefined;
+    const position = (this.sql(`SELECT ${front ? 'MIN(position) - 1' : 'MAX(position) + 1'} AS p FROM queue WHERE platform = ?`)
       .get(platform) as { p: number | null }).p ?? 0;
     if (waiting !== undefined) {
-      if (front) this.db.prepare('UPDATE queue SET position = ? WHERE run_uuid = ?').run(position, waiting.run_uuid);
+      if (front) this.sql('UPDATE queue SET position = ? WHERE run_uuid = ?').run(position, waiting.run_uuid);
       return { uuid: waiting.run_uuid, job: name, platform, fresh: false };
     }
     const uuid = randomUUID();
-    this.db.prepare(`INSERT INTO runs (uuid, job, platform, state, queued_at) VALUES (?, ?, ?, 'queued', ?)`).run(uuid, name, platform, now);
-    this.db.prepare('INSERT INTO queue (run_uuid, job, platform, position) VALUES (?, ?, ?, ?)').run(uuid, name, platform, position);
+    this.sql(`INSERT INTO runs (uuid, job, platform, state, queued_at) VALUES (?, ?, ?, 'queued', ?)`).run(uuid, name, platform, now);
+    this.sql('INSERT INTO queue (run_uuid, job, platform, position) VALUES (?, ?, ?, ?)').run(uuid, name, platform, position);
     this.onRunEvent?.('queued', uuid);
     return { uuid, job: name, platform, fresh: true };
   }
 
   private removeQueued(name: string, message: string, now: number): string | null {
-    const waiting = this.db.prepare('SELECT run_uuid FROM queue WHERE job = ?').get(name) as { run_uuid: string } | undefined;
+    const waiting = this.sql('SELECT run_uuid FROM queue WHERE job = ?').get(name) as { run_uuid: string } | undefined;
     if (waiting === undefined) return null;
-    this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(waiting.run_uuid);
+    this.sql('DELETE FROM queue WHERE run_uuid = ?').run(waiting.run_uuid);
     this.finishLocked(waiting.run_uuid, { kind: 'cancelled', message }, now);
     return waiting.run_uuid;
   }
@@ -427,7 +440,7 @@ export class Store {
    * label the worker lacks. A job waiting for a label nobody has does not hold up the jobs behind it.
    */
   nextFor(platform: string, labels: string[]): { uuid: string; job: JobRecord } | null {
-    const row = this.db.prepare(`SELECT q.run_uuid, q.job FROM queue q JOIN jobs j ON j.name = q.job
+    const row = this.sql(`SELECT q.run_uuid, q.job FROM queue q JOIN jobs j ON j.name = q.job
       WHERE q.platform = ? AND (j.requires IS NULL OR NOT EXISTS (
         SELECT 1 FROM json_each(j.requires) needed WHERE needed.value NOT IN (SELECT value FROM json_each(?))))
       ORDER BY q.position LIMIT 1`).get(platform, JSON.stringify(labels)) as { run_uuid: string; job: string } | undefined;
@@ -439,11 +452,11 @@ export class Store {
 
   /** Whether anything waits in a platform's queue (one index probe: dispatch asks it often). */
   hasQueued(platform: string): boolean {
-    return this.db.prepare('SELECT 1 FROM queue WHERE platform = ? LIMIT 1').get(platform) !== undefined;
+    return this.sql('SELECT 1 FROM queue WHERE platform = ? LIMIT 1').get(platform) !== undefined;
   }
 
   queues(): Record<string, QueueEntry[]> {
-    const rows = this.db.prepare(`SELECT q.platform, q.run_uuid, q.job, r.queued_at FROM queue q JOIN runs r ON r.uuid = q.run_uuid
+    const rows = this.sql(`SELECT q.platform, q.run_uuid, q.job, r.queued_at FROM queue q JOIN runs r ON r.uuid = q.run_uuid
       ORDER BY q.platform, q.position`).all() as { platform: string; run_uuid: string; job: string; queued_at: number }[];
     const queues: Record<string, QueueEntry[]> = {};
     for (const row of rows) (queues[row.platform] ??= []).push({ uuid: row.run_uuid, job: row.job, queuedAt: row.queued_at });
@@ -452,7 +465,7 @@ export class Store {
 
   /** Platforms that have at least one queued run. */
   queuedPlatforms(): string[] {
-    return (this.db.prepare('SELECT DISTINCT platform FROM queue').all() as { platform: string }[]).map((row) => row.platform);
+    return (this.sql('SELECT DISTINCT platform FROM queue').all() as { platform: string }[]).map((row) => row.platform);
   }
 
   // ---- runs -------------------------------------------------------------------------------------------
@@ -460,8 +473,8 @@ export class Store {
   /** Takes a queued run off its queue and records it as running on `worker` with its rendered script. */
   startRun(uuid: string, worker: string, source: JobSource, script: string, now: number, given: { env?: Env; secretKeys?: string[] } = {}): void {
     this.db.transaction(() => {
-      if (this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(uuid).changes !== 1) throw new Error(`run ${uuid} is not queued`);
-      this.db.prepare(`UPDATE runs SET state = 'running', worker = ?, source = ?, script = ?, started_at = ?, env = ?, secret_keys = ? WHERE uuid = ?`)
+      if (this.sql('DELETE FROM queue WHERE run_uuid = ?').run(uuid).changes !== 1) throw new Error(`run ${uuid} is not queued`);
+      this.sql(`UPDATE runs SET state = 'running', worker = ?, source = ?, script = ?, started_at = ?, env = ?, secret_keys = ? WHERE uuid = ?`)
         .run(worker, JSON.stringify(source), script, now, jsonOrNull(given.env), jsonOrNull(given.secretKeys), uuid);
       this.onRunEvent?.('started', uuid);
     })();
@@ -469,25 +482,44 @@ export class Store {
 
   /** Keeps the progress a running run last reported. */
   setProgress(uuid: string, progress: Progress): void {
-    this.db.prepare(`UPDATE runs SET progress = ? WHERE uuid = ? AND state = 'running'`).run(JSON.stringify(progress), uuid);
+    this.sql(`UPDATE runs SET progress = ? WHERE uuid = ? AND state = 'running'`).run(JSON.stringify(progress), uuid);
+  }
+
+  /**
+   * Runs `work` in one transaction: the store's own transactions inside it become savepoints, so
+   * many writes share one commit (and, with --strict, one fsync). A write that throws inside is
+   * rolled back alone when `work` catches it.
+   *
+   * `durable: false` skips the fsync even with --strict, for writes that acknowledge nothing (runs
+   * starting: if a power loss takes them back, the runs are queued again, where a lost worker would
+   * have put them). The next durable commit makes them durable too, as the WAL is written in order.
+   */
+  batch<T>(work: () => T, durable = true): T {
+    if (durable || !this.strict) return this.db.transaction(work)();
+    this.sql('PRAGMA synchronous = NORMAL').run();
+    try {
+      return this.db.transaction(work)();
+    } finally {
+      this.sql('PRAGMA synchronous = FULL').run();
+    }
   }
 
   /** Records how a run ended, with its artifacts, in one transaction. */
   finishRun(uuid: string, outcome: Outcome, now: number, artifacts: Artifact[] = [], consoleLines = 0): void {
     this.db.transaction(() => {
-      this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(uuid);
+      this.sql('DELETE FROM queue WHERE run_uuid = ?').run(uuid);
       // Artifacts first: the run's `finished` event (a webhook) lists them.
-      const insert = this.db.prepare('INSERT INTO artifacts (run_uuid, path, size, sha256) VALUES (?, ?, ?, ?)');
+      const insert = this.sql('INSERT INTO artifacts (run_uuid, path, size, sha256) VALUES (?, ?, ?, ?)');
       for (const artifact of artifacts) insert.run(uuid, artifact.path, artifact.size, artifact.sha256);
       this.finishLocked(uuid, outcome, now, consoleLines);
     })();
   }
 
   private finishLocked(uuid: string, outcome: Outcome, now: number, consoleLines = 0): void {
-    const changed = this.db.prepare(`UPDATE runs SET state = 'finished', outcome = ?, finished_at = ?, console_lines = ?
+    const changed = this.sql(`UPDATE runs SET state = 'finished', outcome = ?, finished_at = ?, console_lines = ?
       WHERE uuid = ? AND state != 'finished'`).run(JSON.stringify(outcome), now, consoleLines, uuid).changes;
     if (changed !== 1) throw new StoreError(`run ${uuid} is not queued or running`);
-    const job = (this.db.prepare('SELECT job FROM runs WHERE uuid = ?').get(uuid) as { job: string }).job;
+    const job = (this.sql('SELECT job FROM runs WHERE uuid = ?').get(uuid) as { job: string }).job;
     this.onRunEvent?.('finished', uuid);
     this.pruneLocked(job, uuid);
   }
@@ -498,20 +530,20 @@ export class Store {
    * garbage list, for collectGarbage() once this transaction has committed.
    */
   private pruneLocked(job: string, spare: string | null = null): number {
-    const own = (this.db.prepare('SELECT keep_runs FROM jobs WHERE name = ?').get(job) as { keep_runs: number | null } | undefined)?.keep_runs;
+    const own = (this.sql('SELECT keep_runs FROM jobs WHERE name = ?').get(job) as { keep_runs: number | null } | undefined)?.keep_runs;
     const keep = own ?? this.keepRuns;
     if (keep <= 0) return 0;
-    const old = this.db.prepare(`SELECT uuid FROM runs WHERE job = ? AND state = 'finished' AND uuid IS NOT ?
+    const old = this.sql(`SELECT uuid FROM runs WHERE job = ? AND state = 'finished' AND uuid IS NOT ?
       ORDER BY finished_at DESC, rowid DESC LIMIT -1 OFFSET ?`).all(job, spare, spare === null ? keep : keep - 1) as { uuid: string }[];
-    const garbage = this.db.prepare('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
+    const garbage = this.sql('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
     for (const { uuid } of old) {
-      for (const { sha256 } of this.db.prepare('SELECT DISTINCT sha256 FROM artifacts WHERE run_uuid = ?').all(uuid) as { sha256: string }[]) {
+      for (const { sha256 } of this.sql('SELECT DISTINCT sha256 FROM artifacts WHERE run_uuid = ?').all(uuid) as { sha256: string }[]) {
         garbage.run('artifact', sha256);
       }
       garbage.run('console', uuid);
-      this.db.prepare('DELETE FROM artifacts WHERE run_uuid = ?').run(uuid);
-      this.db.prepare('DELETE FROM deliveries WHERE run_uuid = ?').run(uuid);
-      this.db.prepare('DELETE FROM runs WHERE uuid = ?').run(uuid);
+      this.sql('DELETE FROM artifacts WHERE run_uuid = ?').run(uuid);
+      this.sql('DELETE FROM deliveries WHERE run_uuid = ?').run(uuid);
+      this.sql('DELETE FROM runs WHERE uuid = ?').run(uuid);
     }
     return old.length;
   }
@@ -523,15 +555,15 @@ export class Store {
   pruneAll(): number {
     if (this.keepRuns <= 0) return 0;
     return this.db.transaction(() => {
-      const jobs = this.db.prepare("SELECT DISTINCT job FROM runs WHERE state = 'finished'").all() as { job: string }[];
+      const jobs = this.sql("SELECT DISTINCT job FROM runs WHERE state = 'finished'").all() as { job: string }[];
       return jobs.reduce((removed, { job }) => removed + this.pruneLocked(job), 0);
     })();
   }
 
   /** Files waiting to be deleted; an artifact hash is listed only if no run references it now. */
   garbage(limit = 10_000): { artifacts: string[]; consoles: string[]; referenced: string[] } {
-    const rows = this.db.prepare('SELECT kind, name FROM garbage LIMIT ?').all(limit) as { kind: 'artifact' | 'console'; name: string }[];
-    const isReferenced = this.db.prepare('SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1');
+    const rows = this.sql('SELECT kind, name FROM garbage LIMIT ?').all(limit) as { kind: 'artifact' | 'console'; name: string }[];
+    const isReferenced = this.sql('SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1');
     const artifacts: string[] = [];
     const referenced: string[] = [];
     const consoles: string[] = [];
@@ -545,13 +577,13 @@ export class Store {
 
   /** Lists files to delete once no run references them (artifacts of an upload that was refused). */
   addGarbage(kind: 'artifact' | 'console', names: string[]): void {
-    const insert = this.db.prepare('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
+    const insert = this.sql('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
     this.db.transaction(() => { for (const name of names) insert.run(kind, name); })();
   }
 
   /** Forgets garbage entries whose files are gone (or, for a hash in use again, were kept). */
   clearGarbage(kind: 'artifact' | 'console', names: string[]): void {
-    const remove = this.db.prepare('DELETE FROM garbage WHERE kind = ? AND name = ?');
+    const remove = this.sql('DELETE FROM garbage WHERE kind = ? AND name = ?');
     this.db.transaction(() => { for (const name of names) remove.run(kind, name); })();
   }
 
@@ -573,7 +605,7 @@ export class Store {
       const run = this.getRun(uuid);
       if (run === null || run.state !== 'running') return null;
       const previous = Number.isFinite(limit)
-        ? (this.db.prepare(`SELECT outcome FROM runs WHERE job = ? AND state = 'finished' AND uuid != ?
+        ? (this.sql(`SELECT outcome FROM runs WHERE job = ? AND state = 'finished' AND uuid != ?
             ORDER BY finished_at DESC, rowid DESC LIMIT ?`).all(run.job, uuid, limit - 1) as { outcome: string }[])
         : [];
       const giveUp = Number.isFinite(limit) && previous.length === limit - 1
@@ -589,19 +621,19 @@ export class Store {
   /** Cancels a queued run. Returns false if it was not queued. */
   cancelQueued(uuid: string, message: string, now: number): boolean {
     return this.db.transaction(() => {
-      if (this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(uuid).changes === 0) return false;
+      if (this.sql('DELETE FROM queue WHERE run_uuid = ?').run(uuid).changes === 0) return false;
       this.finishLocked(uuid, { kind: 'cancelled', message }, now);
       return true;
     })();
   }
 
   getRun(uuid: string): RunSummary | null {
-    const row = this.db.prepare('SELECT * FROM runs WHERE uuid = ?').get(uuid) as RunRow | undefined;
+    const row = this.sql('SELECT * FROM runs WHERE uuid = ?').get(uuid) as RunRow | undefined;
     return row === undefined ? null : toRun(row);
   }
 
   runDetail(uuid: string): RunDetail | null {
-    const row = this.db.prepare('SELECT * FROM runs WHERE uuid = ?').get(uuid) as RunRow | undefined;
+    const row = this.sql('SELECT * FROM runs WHERE uuid = ?').get(uuid) as RunRow | undefined;
     if (row === undefined) return null;
     return {
       ...toRun(row),
@@ -619,7 +651,7 @@ export class Store {
 
   /** Records deliveries of one event (called from onRunEvent, inside the event's transaction). */
   addDeliveries(uuid: string, event: RunEvent, urls: string[], body: string, now: number): void {
-    const insert = this.db.prepare(`INSERT INTO deliveries (run_uuid, event, url, body, next_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)`);
+    const insert = this.sql(`INSERT INTO deliveries (run_uuid, event, url, body, next_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)`);
     for (const url of urls) insert.run(uuid, event, url, body, now, now);
   }
 
@@ -628,29 +660,29 @@ export class Store {
    * each with the time it is due.
    */
   deliveryHeads(limit = 1000): PendingDelivery[] {
-    return (this.db.prepare(`SELECT * FROM deliveries WHERE id IN (SELECT MIN(id) FROM deliveries WHERE state = 'pending' GROUP BY url)
+    return (this.sql(`SELECT * FROM deliveries WHERE id IN (SELECT MIN(id) FROM deliveries WHERE state = 'pending' GROUP BY url)
       ORDER BY next_at, id LIMIT ?`).all(limit) as DeliveryRow[])
       .map((row) => ({ id: row.id, run: row.run_uuid, event: row.event, url: row.url, body: row.body, attempts: row.attempts, nextAt: row.next_at }));
   }
 
   /** The result of one attempt: delivered, failed for good, or to be tried again at `retryAt`. */
   deliveryAttempt(id: number, result: { state: Delivery['state']; error: string | null; retryAt: number }, now: number): void {
-    this.db.prepare(`UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?, updated_at = ? WHERE id = ?`)
+    this.sql(`UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?, updated_at = ? WHERE id = ?`)
       .run(result.state, result.error, result.retryAt, now, id);
   }
 
   deliveriesOf(uuid: string): Delivery[] {
-    return (this.db.prepare('SELECT * FROM deliveries WHERE run_uuid = ? ORDER BY id').all(uuid) as DeliveryRow[])
+    return (this.sql('SELECT * FROM deliveries WHERE run_uuid = ? ORDER BY id').all(uuid) as DeliveryRow[])
       .map((row) => ({ url: row.url, event: row.event, state: row.state, attempts: row.attempts, lastError: row.last_error, updatedAt: row.updated_at }));
   }
 
   runsOfJob(name: string, limit: number): RunSummary[] {
-    return (this.db.prepare('SELECT * FROM runs WHERE job = ? ORDER BY queued_at DESC, rowid DESC LIMIT ?').all(name, limit) as RunRow[]).map(toRun);
+    return (this.sql('SELECT * FROM runs WHERE job = ? ORDER BY queued_at DESC, rowid DESC LIMIT ?').all(name, limit) as RunRow[]).map(toRun);
   }
 
   /** The newest run, optionally of one job and/or platform. */
   latestRun(job: string | null, platform: string | null): RunSummary | null {
-    const row = this.db.prepare(`SELECT * FROM runs WHERE (@job IS NULL OR job = @job) AND (@platform IS NULL OR platform = @platform)
+    const row = this.sql(`SELECT * FROM runs WHERE (@job IS NULL OR job = @job) AND (@platform IS NULL OR platform = @platform)
       ORDER BY queued_at DESC, rowid DESC LIMIT 1`).get({ job, platform }) as RunRow | undefined;
     return row === undefined ? null : toRun(row);
   }
@@ -658,56 +690,56 @@ export class Store {
   /** One page of a job's runs, newest first; `failedOnly` keeps finished runs that did not succeed. */
   runsOfJobPage(name: string, limit: number, offset: number, failedOnly: boolean): { runs: RunSummary[]; total: number } {
     const where = `job = @name${failedOnly ? ` AND state = 'finished' AND NOT ${SUCCESS_SQL}` : ''}`;
-    const total = (this.db.prepare(`SELECT count(*) AS n FROM runs WHERE ${where}`).get({ name }) as { n: number }).n;
-    const rows = this.db.prepare(`SELECT * FROM runs WHERE ${where} ORDER BY queued_at DESC, rowid DESC LIMIT @limit OFFSET @offset`)
+    const total = (this.sql(`SELECT count(*) AS n FROM runs WHERE ${where}`).get({ name }) as { n: number }).n;
+    const rows = this.sql(`SELECT * FROM runs WHERE ${where} ORDER BY queued_at DESC, rowid DESC LIMIT @limit OFFSET @offset`)
       .all({ name, limit, offset }) as RunRow[];
     return { runs: rows.map(toRun), total };
   }
 
   /** The newest finished run of a job, or its newest successful one (optionally on one platform). */
   latestFinished(job: string, successOnly: boolean, platform: string | null = null): RunSummary | null {
-    const row = this.db.prepare(`SELECT * FROM runs WHERE job = @job AND state = 'finished' ${successOnly ? `AND ${SUCCESS_SQL}` : ''}
+    const row = this.sql(`SELECT * FROM runs WHERE job = @job AND state = 'finished' ${successOnly ? `AND ${SUCCESS_SQL}` : ''}
       AND (@platform IS NULL OR platform = @platform) ORDER BY finished_at DESC, rowid DESC LIMIT 1`).get({ job, platform }) as RunRow | undefined;
     return row === undefined ? null : toRun(row);
   }
 
   /** Every artifact with this SHA-256, with the run that produced it, newest first. */
   artifactsWithHash(sha256: string): { run: RunSummary; path: string; size: number }[] {
-    const rows = this.db.prepare(`SELECT r.*, a.path AS artifact_path, a.size AS artifact_size FROM artifacts a JOIN runs r ON r.uuid = a.run_uuid
+    const rows = this.sql(`SELECT r.*, a.path AS artifact_path, a.size AS artifact_size FROM artifacts a JOIN runs r ON r.uuid = a.run_uuid
       WHERE a.sha256 = ? ORDER BY r.finished_at DESC, r.rowid DESC LIMIT 1000`).all(sha256) as (RunRow & { artifact_path: string; artifact_size: number })[];
     return rows.map((row) => ({ run: toRun(row), path: row.artifact_path, size: row.artifact_size }));
   }
 
   artifact(uuid: string, path: string): Artifact | null {
-    return (this.db.prepare('SELECT path, size, sha256 FROM artifacts WHERE run_uuid = ? AND path = ?').get(uuid, path) as Artifact | undefined) ?? null;
+    return (this.sql('SELECT path, size, sha256 FROM artifacts WHERE run_uuid = ? AND path = ?').get(uuid, path) as Artifact | undefined) ?? null;
   }
 
   runsInState(state: RunState): RunSummary[] {
-    return (this.db.prepare('SELECT * FROM runs WHERE state = ? ORDER BY started_at, queued_at').all(state) as RunRow[]).map(toRun);
+    return (this.sql('SELECT * FROM runs WHERE state = ? ORDER BY started_at, queued_at').all(state) as RunRow[]).map(toRun);
   }
 
   artifactsOf(uuid: string): Artifact[] {
-    return this.db.prepare('SELECT path, size, sha256 FROM artifacts WHERE run_uuid = ? ORDER BY path').all(uuid) as Artifact[];
+    return this.sql('SELECT path, size, sha256 FROM artifacts WHERE run_uuid = ? ORDER BY path').all(uuid) as Artifact[];
   }
 
   // ---- platforms --------------------------------------------------------------------------------------
 
   isDropped(platform: string): boolean {
-    return this.db.prepare('SELECT 1 FROM dropped_platforms WHERE platform = ?').get(platform) !== undefined;
+    return this.sql('SELECT 1 FROM dropped_platforms WHERE platform = ?').get(platform) !== undefined;
   }
 
   droppedPlatforms(): string[] {
-    return (this.db.prepare('SELECT platform FROM dropped_platforms ORDER BY platform').all() as { platform: string }[]).map((row) => row.platform);
+    return (this.sql('SELECT platform FROM dropped_platforms ORDER BY platform').all() as { platform: string }[]).map((row) => row.platform);
   }
 
   /** Stops queuing for a platform; what was waiting in its queue is recorded as cancelled. */
   dropPlatform(platform: string, now: number): { already: boolean; cancelled: string[] } {
     return this.db.transaction(() => {
       const already = this.isDropped(platform);
-      this.db.prepare('INSERT OR IGNORE INTO dropped_platforms (platform) VALUES (?)').run(platform);
-      const waiting = this.db.prepare('SELECT run_uuid FROM queue WHERE platform = ?').all(platform) as { run_uuid: string }[];
+      this.sql('INSERT OR IGNORE INTO dropped_platforms (platform) VALUES (?)').run(platform);
+      const waiting = this.sql('SELECT run_uuid FROM queue WHERE platform = ?').all(platform) as { run_uuid: string }[];
       for (const { run_uuid } of waiting) {
-        this.db.prepare('DELETE FROM queue WHERE run_uuid = ?').run(run_uuid);
+        this.sql('DELETE FROM queue WHERE run_uuid = ?').run(run_uuid);
         this.finishLocked(run_uuid, { kind: 'cancelled', message: `platform ${platform} dropped` }, now);
       }
       return { already, cancelled: waiting.map((row) => row.run_uuid) };
@@ -715,7 +747,7 @@ export class Store {
   }
 
   undropPlatform(platform: string): boolean {
-    return this.db.prepare('DELETE FROM dropped_platforms WHERE platform = ?').run(platform).changes > 0;
+    return this.sql('DELETE FROM dropped_platforms WHERE platform = ?').run(platform).changes > 0;
   }
 }
 

@@ -25,9 +25,9 @@ describe('retention', () => {
     state = path.join(dir, 'state');
     server = await startServer(state, ['--keep-runs', '2', '--vacuum-every', '1s', '--http', '127.0.0.1:0']);
     startWorker(server, ['--loop'], PLATFORM, dir);
-    // Each run: one file shared by all runs, one of its own (the run's uuid), and a large script
-    // so that removed runs free database pages.
-    const script = `echo shared > shared.txt\necho "$BUILDER_UUID" > own.txt\n: '${'x'.repeat(60_000)}'\n`;
+    // Each run: a console line (a run that prints nothing has no console file), one file shared by
+    // all runs, one of its own (the run's uuid), and a large script so that removed runs free pages.
+    const script = `echo "run $BUILDER_UUID"\necho shared > shared.txt\necho "$BUILDER_UUID" > own.txt\n: '${'x'.repeat(60_000)}'\n`;
     runs.push(await scheduleScript(server, dir, 'kept', script, ['--period', 'never']));
     await waitForState(server, runs[0] ?? '', 'finished');
     for (let i = 1; i < 4; i++) {

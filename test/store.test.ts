@@ -358,6 +358,36 @@ describe('runs', () => {
     expect(store.getRun(a)).toMatchObject({ worker: 'w1', startedAt: 20 });
   });
 
+  it('batch commits many outcomes together; one the store refuses is rolled back alone', () => {
+    for (const strict of [false, true]) {
+      const store = openStore({ strict });
+      const [a, b, c] = ['a', 'b', 'c'].map((name) => put(store, job(`${name}-${strict}`))) as [string, string, string];
+      store.batch(() => {
+        for (const uuid of [a, b, c]) store.startRun(uuid, 'w1', SCRIPT, 'make', 20);
+      }, false);
+      store.finishRun(b, { kind: 'exited', code: 7 }, 200);
+      const failures = store.batch(() => [a, b, c].map((uuid, i) => {
+        try {
+          store.finishRun(uuid, { kind: 'exited', code: i }, 300, [{ path: `out-${i}`, size: 1, sha256: SHA_A }], i);
+          return null;
+        } catch (error) {
+          return (error as Error).message;
+        }
+      }));
+      // b had finished already: finishing it again is refused, and its artifact row goes with it.
+      expect(failures).toEqual([null, `run ${b} is not queued or running`, null]);
+      closeStore(store);
+      // Committed: a fresh store on the same file sees both outcomes, and b's first one.
+      const again = openStore({ strict });
+      expect(again.getRun(a)).toMatchObject({ state: 'finished', outcome: { kind: 'exited', code: 0 } });
+      expect(again.getRun(b)).toMatchObject({ state: 'finished', outcome: { kind: 'exited', code: 7 }, finishedAt: 200 });
+      expect(again.getRun(c)).toMatchObject({ state: 'finished', outcome: { kind: 'exited', code: 2 } });
+      expect(again.artifactsOf(b)).toEqual([]);
+      expect(again.artifactsOf(c)).toEqual([{ path: 'out-2', size: 1, sha256: SHA_A }]);
+      closeStore(again);
+    }
+  });
+
   it('finishRun stores the outcome, console line count and artifacts (listed by path)', () => {
     const store = openStore();
     const a = put(store, job('a'));
