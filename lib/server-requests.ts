@@ -141,17 +141,13 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         return ok(`cancelling run ${message.uuid} of ${run.job}: its worker stops the job (SIGTERM, then SIGKILL)`);
       }
       case 'info': {
-        const secretKeys = store.secretKeysByJob();
         conn.send({
           type: 'info-result', id: message.id,
           info: {
-            jobs: store.listJobs().map(({ createdAt: _createdAt, source, ...job }) => ({
-              ...job,
-              source: source.kind === 'script'
-                ? { kind: 'script' as const, bytes: Buffer.byteLength(source.script), sha256: crypto.createHash('sha256').update(source.script).digest('hex') }
-                : source,
-              secretKeys: secretKeys.get(job.name) ?? [],
-            })),
+            // A script is listed by its size and hash: scripts can be large, and info lists every job.
+            jobs: store.jobInfos((source) => (source.kind === 'script'
+              ? { kind: 'script', bytes: Buffer.byteLength(source.script), sha256: crypto.hash('sha256', source.script) }
+              : source), store.secretKeysByJob()),
             queues: queuesWithReasons(context),
             running: store.runsInState('running'),
             dropped: store.droppedPlatforms(),
@@ -226,7 +222,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
 export function queuesWithReasons(context: ServerContext): Record<string, QueueEntry[]> {
   const { store, dispatcher } = context;
   const queues = store.queues();
-  const requires = new Map(store.listJobs().map((job) => [job.name, job.requires ?? []]));
+  const requires = store.queuedRequirements();
   for (const [platform, entries] of Object.entries(queues)) {
     const workers = dispatcher.workersOf(platform);
     for (const entry of entries) entry.blocked = blockedReason(platform, requires.get(entry.job) ?? [], workers);

@@ -12,7 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { limitMessage } from '../protocol/types.js';
 import { statementCache } from './statements.js';
 import type {
-  Artifact, Delivery, Env, JobSource, Outcome, Period, Progress, QueueEntry, RunDetail, RunState, RunSummary,
+  Artifact, Delivery, Env, JobInfo, JobSource, JobSourceSummary, Outcome, Period, Progress, QueueEntry, RunDetail, RunState, RunSummary,
 } from '../protocol/types.js';
 
 /** Numbered migrations; PRAGMA user_version records how many have run. Never edit one that shipped. */
@@ -308,6 +308,35 @@ export class Store {
     return (this.sql('SELECT * FROM jobs ORDER BY name').all() as JobRow[]).map(toJob);
   }
 
+  /**
+   * Every job as `info` lists it, by name, its source summarised by `summarise`. One pass over rows
+   * fetched as arrays, straight into the objects sent: info lists every job (100,000 on a big farm),
+   * and building row objects and then JobRecords to copy from was most of its cost.
+   */
+  jobInfos(summarise: (source: JobSource) => JobSourceSummary, secretKeys: Map<string, string[]>): JobInfo[] {
+    const rows = this.sql(`SELECT name, platform, source, period, next_due, timeout_s, keep_runs, requires, env, notify
+      FROM jobs ORDER BY name -- info`).raw(true).all() as [string, string, string, string, number | null, number | null, number | null, string | null, string | null, string | null][];
+    // A farm's jobs share a handful of periods, and most have no labels, environment or webhooks:
+    // those are parsed once and shared by every job listed (the list is only encoded and dropped).
+    const periods = new Map<string, Period>();
+    const none: string[] = [];
+    const noEnv: Env = {};
+    const jobs: JobInfo[] = new Array(rows.length);
+    for (let i = 0; i < rows.length; i++) {
+      const [name, platform, source, period, nextDue, timeoutSeconds, keepRuns, requires, env, notify] = rows[i]!;
+      let parsed = periods.get(period);
+      if (parsed === undefined) periods.set(period, parsed = JSON.parse(period) as Period);
+      jobs[i] = {
+        name, platform, source: summarise(JSON.parse(source) as JobSource), period: parsed, nextDue, timeoutSeconds, keepRuns,
+        requires: requires === null ? none : (JSON.parse(requires) as string[]),
+        env: env === null ? noEnv : (JSON.parse(env) as Env),
+        secretKeys: secretKeys.get(name) ?? none,
+        notify: notify === null ? none : (JSON.parse(notify) as string[]),
+      };
+    }
+    return jobs;
+  }
+
   /** Adds a job (or replaces one of the same name when `replace`), and queues it in the same transaction. */
   putJob(job: JobRecord, replace: boolean, now: number, secrets: Env = {}): { replaced: boolean; enqueued: Enqueued | null; cancelled: string | null } {
     return this.db.transaction(() => {
@@ -381,24 +410,28 @@ export class Store {
    * schedule to its next due time, all in one transaction.
    */
   enqueueDue(now: number, next: (job: DueJob) => number | null): Enqueued[] {
-    return this.db.transaction(() => {
+    // Wrapped once: the scheduler calls this at every wake and after every change to a schedule.
+    this.enqueueDueTransaction ??= this.db.transaction((at: number, nextOf: (job: DueJob) => number | null): Enqueued[] => {
       // Only the columns the schedule needs, and the rowid to move it on: thousands of jobs can fall
       // due at the same instant (a cron line they share), and all of them wait for this transaction.
       const due = this.sql(`SELECT rowid, name, platform, period, next_due FROM jobs WHERE next_due IS NOT NULL AND next_due <= ?
-        ORDER BY next_due, name`).all(now) as { rowid: number; name: string; platform: string; period: string; next_due: number }[];
+        ORDER BY next_due, name`).all(at) as { rowid: number; name: string; platform: string; period: string; next_due: number }[];
       if (due.length === 0) return [];
       const dropped = new Set(this.droppedPlatforms());
       const queued: Enqueued[] = [];
       const update = this.sql('UPDATE jobs SET next_due = ? WHERE rowid = ?');
       for (const row of due) {
-        update.run(next({ name: row.name, platform: row.platform, period: JSON.parse(row.period) as Period, nextDue: row.next_due }), row.rowid);
+        update.run(nextOf({ name: row.name, platform: row.platform, period: JSON.parse(row.period) as Period, nextDue: row.next_due }), row.rowid);
         if (dropped.has(row.platform)) continue;
-        const enqueued = this.enqueueLocked(row.name, row.platform, false, now);
+        const enqueued = this.enqueueLocked(row.name, row.platform, false, at);
         if (enqueued.fresh) queued.push(enqueued);
       }
       return queued;
-    })();
+    });
+    return this.enqueueDueTransaction(now, next);
   }
+
+  private enqueueDueTransaction: ((now: number, next: (job: DueJob) => number | null) => Enqueued[]) | null = null;
 
   // ---- queue ----------------------------------------------------------------------------------------
 
@@ -461,6 +494,13 @@ export class Store {
     const queues: Record<string, QueueEntry[]> = {};
     for (const row of rows) (queues[row.platform] ??= []).push({ uuid: row.run_uuid, job: row.job, queuedAt: row.queued_at });
     return queues;
+  }
+
+  /** The labels each queued job requires, for the jobs that require any. */
+  queuedRequirements(): Map<string, string[]> {
+    const rows = this.sql('SELECT j.name, j.requires FROM queue q JOIN jobs j ON j.name = q.job WHERE j.requires IS NOT NULL')
+      .all() as { name: string; requires: string }[];
+    return new Map(rows.map((row) => [row.name, JSON.parse(row.requires) as string[]]));
   }
 
   /** Platforms that have at least one queued run. */
@@ -555,7 +595,10 @@ export class Store {
   pruneAll(): number {
     if (this.keepRuns <= 0) return 0;
     return this.db.transaction(() => {
-      const jobs = this.sql("SELECT DISTINCT job FROM runs WHERE state = 'finished'").all() as { job: string }[];
+      // Only the jobs that have more finished runs than they keep, counted in one pass over the
+      // index: asking every job in turn took seconds at every start of a big farm, to remove nothing.
+      const jobs = this.sql(`SELECT c.job FROM (SELECT job, count(*) AS n FROM runs WHERE state = 'finished' GROUP BY job) c
+        LEFT JOIN jobs j ON j.name = c.job WHERE c.n > coalesce(j.keep_runs, ?)`).all(this.keepRuns) as { job: string }[];
       return jobs.reduce((removed, { job }) => removed + this.pruneLocked(job), 0);
     })();
   }
@@ -715,7 +758,12 @@ export class Store {
   }
 
   runsInState(state: RunState): RunSummary[] {
-    return (this.sql('SELECT * FROM runs WHERE state = ? ORDER BY started_at, queued_at').all(state) as RunRow[]).map(toRun);
+    // The redundant `state != 'finished'` is what lets SQLite use the partial index runs_state (it
+    // uses a partial index only when the query repeats its condition): a probe of the few queued and
+    // running runs instead of a scan of the whole history, at every start and every info.
+    const sql = state === 'finished' ? 'SELECT * FROM runs WHERE state = ? ORDER BY started_at, queued_at'
+      : "SELECT * FROM runs WHERE state = ? AND state != 'finished' ORDER BY started_at, queued_at";
+    return (this.sql(sql).all(state) as RunRow[]).map(toRun);
   }
 
   artifactsOf(uuid: string): Artifact[] {
