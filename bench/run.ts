@@ -10,10 +10,14 @@ import path from 'node:path';
 import { clientLatency } from './client.js';
 import { type BenchOptions, HERE, type Result, formatResult, tempDir } from './common.js';
 import { e2e } from './e2e.js';
+import { schedulerBench } from './scheduler.js';
+import { startupBench } from './startup.js';
 
 const BENCHMARKS: Record<string, (options: BenchOptions) => Promise<Result[]>> = {
   e2e,
   client: clientLatency,
+  scheduler: schedulerBench,
+  startup: startupBench,
 };
 
 const argv = process.argv.slice(2);
