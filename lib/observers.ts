@@ -149,6 +149,11 @@ export class ObserverHub {
     this.latestWaiters.push({ conn, id, job, platform });
   }
 
+  /** Whether any client waits for the newest run of something (observe-latest). */
+  get hasLatestWaiters(): boolean {
+    return this.latestWaiters.length > 0;
+  }
+
   /** A run was queued: hands it to observe-latest waiters that match. Returns them. */
   takeLatestWaiters(run: RunSummary): LatestWaiter[] {
     const matching = this.latestWaiters.filter((w) => !w.conn.isClosed && (w.job === null || w.job === run.job)

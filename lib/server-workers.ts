@@ -204,6 +204,8 @@ export class Dispatcher {
   private readonly diskRetry = new Map<string, NodeJS.Timeout>();
   /** Runs whose artifacts are being stored and not yet committed (see Retention). */
   private readonly uploads = new Set<string>();
+  /** Set when the server stops: no more dispatch passes (the store is about to close). */
+  private stopped = false;
   /** Platforms with a dispatch pass due at the end of this turn. */
   private readonly dispatchDue = new Set<string>();
   /** Outcomes waiting for the group commit at the end of this turn (see commitFinish). */
@@ -302,6 +304,8 @@ export class Dispatcher {
     for (const queued of runs) {
       if (queued.fresh) log('queue', { run: queued.uuid, job: queued.job, platform: queued.platform });
       platforms.add(queued.platform);
+      // Loaded only for observe-latest waiters: a scheduler burst queues thousands at once.
+      if (!hub.hasLatestWaiters) continue;
       const run = store.getRun(queued.uuid);
       if (run === null) continue;
       for (const waiter of hub.takeLatestWaiters(run)) {
@@ -322,6 +326,7 @@ export class Dispatcher {
     setImmediate(() => {
       const platforms = [...this.dispatchDue];
       this.dispatchDue.clear();
+      if (this.stopped) return;
       for (const due of platforms) this.guarded('dispatch', () => this.dispatchNow(due));
     });
   }
@@ -696,6 +701,7 @@ export class Dispatcher {
   }
 
   stop(): void {
+    this.stopped = true;
     for (const worker of this.workers) worker.stopSilenceTimer();
     for (const timer of this.diskRetry.values()) clearTimeout(timer);
   }
