@@ -15,21 +15,26 @@ const RETRY_MS = 2000;
 export class Retention {
   private retry: NodeJS.Timeout | null = null;
   private vacuumTimer: NodeJS.Timeout | null = null;
+  private checkpointTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly context: ServerContext) {}
 
-  /** At start: applies --keep-runs to every job, deletes what is listed, starts the vacuum timer. */
+  /** At start: applies --keep-runs to every job, deletes what is listed, starts the vacuum and checkpoint timers. */
   start(vacuumIntervalSeconds: number): void {
     const removed = this.context.store.pruneAll();
     if (removed > 0) this.context.log('retention', { removed, reason: 'start' });
     this.collect();
     this.vacuumTimer = setInterval(() => this.context.dispatcher.guarded('vacuum', () => this.vacuum()), vacuumIntervalSeconds * 1000);
     this.vacuumTimer.unref();
+    // Once a second: the WAL stays small, and no commit pays for copying it (see Store.checkpoint).
+    this.checkpointTimer = setInterval(() => this.context.dispatcher.guarded('checkpoint', () => this.context.store.checkpoint()), 1000);
+    this.checkpointTimer.unref();
   }
 
   stop(): void {
     if (this.retry !== null) clearTimeout(this.retry);
     if (this.vacuumTimer !== null) clearInterval(this.vacuumTimer);
+    if (this.checkpointTimer !== null) clearInterval(this.checkpointTimer);
   }
 
   /** Deletes the files of removed runs now, or soon if an upload is in progress. */

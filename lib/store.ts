@@ -257,6 +257,10 @@ export class Store {
       // NORMAL in WAL mode: a committed transaction survives the process being killed (SIGKILL);
       // only a power loss can take back the last few. `strict` makes every commit wait for fsync.
       this.db.pragma(`synchronous = ${options.strict === true ? 'FULL' : 'NORMAL'}`);
+      // The WAL is copied back into the database by checkpoint(), on the server's timer, not by the
+      // commit that happens to cross SQLite's threshold: that commit (a finishing run, a burst of
+      // due schedules) would wait for the copy and its fsync. Closing the store checkpoints too.
+      this.db.pragma('wal_autocheckpoint = 0');
       this.db.pragma('foreign_keys = ON');
       this.migrate();
     } catch (error) {
@@ -628,6 +632,11 @@ export class Store {
   clearGarbage(kind: 'artifact' | 'console', names: string[]): void {
     const remove = this.sql('DELETE FROM garbage WHERE kind = ? AND name = ?');
     this.db.transaction(() => { for (const name of names) remove.run(kind, name); })();
+  }
+
+  /** Copies what the WAL holds into the database, as far as it can without waiting. */
+  checkpoint(): void {
+    this.sql('PRAGMA wal_checkpoint(PASSIVE)').get();
   }
 
   /** Returns free pages to the file system (the database is in incremental auto-vacuum mode). */
