@@ -7,8 +7,10 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { artifacts } from './artifacts.js';
 import { clientLatency } from './client.js';
 import { type BenchOptions, HERE, type Result, formatResult, tempDir } from './common.js';
+import { consoleBench } from './console.js';
 import { e2e } from './e2e.js';
 import { schedulerBench } from './scheduler.js';
 import { startupBench } from './startup.js';
@@ -16,6 +18,8 @@ import { startupBench } from './startup.js';
 const BENCHMARKS: Record<string, (options: BenchOptions) => Promise<Result[]>> = {
   e2e,
   client: clientLatency,
+  console: consoleBench,
+  artifacts,
   scheduler: schedulerBench,
   startup: startupBench,
 };

@@ -2,13 +2,13 @@
  * What each builder-client command does and prints. Human output is aligned text; `--json` output
  * is documented in the README and stable: times are ISO 8601 strings in UTC, runs carry a `status`.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type {
   Artifact, ConsoleLine, Info, JobSource, JobSourceSummary, Period, Progress, RunDetail, RunSummary, WorkerInfo,
 } from '../protocol/types.js';
 import { describeOutcome, isSuccess, runStatus } from '../protocol/types.js';
+import { writeHashed } from './artifact-files.js';
 import { Client, ClientError, EXIT } from './client.js';
 import { describePeriod } from './period.js';
 
@@ -403,18 +403,18 @@ async function writeVerified(dir: string, artifact: Artifact, data: AsyncIterabl
   if (!path.resolve(target).startsWith(resolvedDir + path.sep)) throw new Error(`${artifact.path} would be written outside ${dir}`);
   await fs.promises.mkdir(path.dirname(target), { recursive: true });
   const tmp = `${target}.builder-partial`;
-  const hash = crypto.createHash('sha256');
   const handle = await fs.promises.open(tmp, 'w');
+  let sha256: string;
+  let counted = 0;
   try {
-    for await (const chunk of data) {
-      hash.update(chunk);
-      await handle.write(chunk);
-      progress(chunk.length);
-    }
+    // Hashed as it arrives, several chunks written at once (see writeHashed).
+    ({ sha256 } = await writeHashed(handle, data, (size) => {
+      progress(size - counted);
+      counted = size;
+    }));
   } finally {
     await handle.close();
   }
-  const sha256 = hash.digest('hex');
   if (sha256 !== artifact.sha256) {
     await fs.promises.rm(tmp, { force: true });
     throw new Error(`${artifact.path}: SHA-256 mismatch (expected ${artifact.sha256}, received ${sha256})`);
