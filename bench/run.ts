@@ -11,11 +11,13 @@ import { artifacts } from './artifacts.js';
 import { clientLatency } from './client.js';
 import { type BenchOptions, HERE, type Result, formatResult, tempDir } from './common.js';
 import { consoleBench } from './console.js';
+import { dispatch } from './dispatch.js';
 import { e2e } from './e2e.js';
 import { schedulerBench } from './scheduler.js';
 import { startupBench } from './startup.js';
 
 const BENCHMARKS: Record<string, (options: BenchOptions) => Promise<Result[]>> = {
+  dispatch,
   e2e,
   client: clientLatency,
   console: consoleBench,
