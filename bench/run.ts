@@ -19,11 +19,11 @@ import { startupBench } from './startup.js';
 const BENCHMARKS: Record<string, (options: BenchOptions) => Promise<Result[]>> = {
   dispatch,
   e2e,
-  client: clientLatency,
   console: consoleBench,
   artifacts,
   scheduler: schedulerBench,
   startup: startupBench,
+  client: clientLatency,
 };
 
 const argv = process.argv.slice(2);
