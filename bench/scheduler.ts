@@ -26,8 +26,8 @@
 import Database from 'better-sqlite3';
 import path from 'node:path';
 import fs from 'node:fs';
-import type { Period } from '../protocol/types.js';
-import { Store } from '../lib/store.js';
+import type { JobSource, Period } from '../protocol/types.js';
+import { Store, summariseSource } from '../lib/store.js';
 import { type BenchOptions, type BenchServer, type Result, cpuMsOf, limit, memoryOf, percentile, report, startServer } from './common.js';
 
 export const PLATFORMS = ['linux-x64', 'linux-arm64', 'freebsd-x64', 'macos-arm64', 'windows-x64'];
@@ -54,17 +54,17 @@ export function jobName(i: number): string {
  * as `schedule` would have stored them. `spec(i)` gives each its due time and period.
  */
 export function insertSchedules(db: Database.Database, count: number, createdAt: number, spec: (i: number) => ScheduleSpec): void {
-  const job = db.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, keep_runs, owner, requires, env, notify, created_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+  const job = db.prepare(`INSERT INTO jobs (name, platform, source, source_summary, period, next_due, timeout_s, keep_runs, owner, requires, env, notify, created_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
   const secret = db.prepare('INSERT INTO job_secrets (job, key, value) VALUES (?, ?, ?)');
   db.transaction(() => {
     for (let i = 0; i < count; i++) {
       const name = jobName(i);
       const { nextDue, period } = spec(i);
-      const source = i % 10 === 0
+      const source: JobSource = i % 10 === 0
         ? { kind: 'template', template: 'debian-package', vars: { repo: `https://git.example.org/project-${i % 700}.git`, branch: 'main' } }
         : { kind: 'script', script: `git clone --depth 1 https://git.example.org/project-${i % 700}.git src\ncd src\nmake -j4 test\n` };
-      job.run(name, PLATFORMS[i % PLATFORMS.length], JSON.stringify(source), JSON.stringify(period), nextDue,
+      job.run(name, PLATFORMS[i % PLATFORMS.length], JSON.stringify(source), JSON.stringify(summariseSource(source)), JSON.stringify(period), nextDue,
         i % 4 === 0 ? 7200 : null, i % 20 === 0 ? 5000 : null, i % 3 === 0 ? 'ci-admin' : null,
         i % 10 === 3 ? '["docker"]' : null, i % 5 === 1 ? '{"CI":"1","LANG":"C.UTF-8"}' : null, null, createdAt);
       if (i % 20 === 7) secret.run(name, 'DEPLOY_KEY', `secret-${i}`);

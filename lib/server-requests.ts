@@ -3,7 +3,6 @@
  * asks the store to change it (committed before the reply is sent), and replies with one message (or,
  * for observe and fetch, a stream of them).
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Connection } from '../protocol/connection.js';
 import { tarStream, type TarSource } from '../protocol/artifacts.js';
@@ -144,10 +143,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         conn.send({
           type: 'info-result', id: message.id,
           info: {
-            // A script is listed by its size and hash: scripts can be large, and info lists every job.
-            jobs: store.jobInfos((source) => (source.kind === 'script'
-              ? { kind: 'script', bytes: Buffer.byteLength(source.script), sha256: crypto.hash('sha256', source.script) }
-              : source), store.secretKeysByJob()),
+            jobs: store.jobInfos(store.secretKeysByJob()),
             queues: queuesWithReasons(context),
             running: store.runsInState('running'),
             dropped: store.droppedPlatforms(),

@@ -8,15 +8,18 @@
  * (a job can never be handed out twice). A PostgreSQL backend would implement the same operations.
  */
 import Database from 'better-sqlite3';
-import { randomUUID } from 'node:crypto';
+import { hash, randomUUID } from 'node:crypto';
 import { limitMessage } from '../protocol/types.js';
 import { statementCache } from './statements.js';
 import type {
   Artifact, Delivery, Env, JobInfo, JobSource, JobSourceSummary, Outcome, Period, Progress, QueueEntry, RunDetail, RunState, RunSummary,
 } from '../protocol/types.js';
 
-/** Numbered migrations; PRAGMA user_version records how many have run. Never edit one that shipped. */
-const MIGRATIONS: string[] = [
+/**
+ * Numbered migrations; PRAGMA user_version records how many have run. Never edit one that shipped.
+ * Most are SQL; one that must compute values SQL cannot (a SHA-256) is a function.
+ */
+const MIGRATIONS: (string | ((db: Database.Database) => void))[] = [
   // 1: jobs, queue, runs, artifacts, dropped platforms
   `
   CREATE TABLE jobs (
@@ -118,7 +121,24 @@ const MIGRATIONS: string[] = [
   CREATE INDEX deliveries_pending ON deliveries(url, id) WHERE state = 'pending';
   CREATE INDEX deliveries_run ON deliveries(run_uuid);
   `,
+  // What `info` lists for a job's source (JSON JobSourceSummary: a script's size and SHA-256, or the
+  // template and its variables), computed once when the job is written: info lists every job, and
+  // parsing and hashing every script on every info made its cost grow with the farm's script bytes.
+  (db) => {
+    db.exec('ALTER TABLE jobs ADD COLUMN source_summary TEXT');
+    const update = db.prepare('UPDATE jobs SET source_summary = ? WHERE name = ?');
+    for (const row of db.prepare('SELECT name, source FROM jobs').all() as { name: string; source: string }[]) {
+      update.run(JSON.stringify(summariseSource(JSON.parse(row.source) as JobSource)), row.name);
+    }
+  },
 ];
+
+/** What `info` lists for a job's source: a script by its size and SHA-256 (scripts can be large). */
+export function summariseSource(source: JobSource): JobSourceSummary {
+  return source.kind === 'script'
+    ? { kind: 'script', bytes: Buffer.byteLength(source.script), sha256: hash('sha256', source.script) }
+    : source;
+}
 
 export interface JobRecord {
   name: string;
@@ -287,7 +307,9 @@ export class Store {
     }
     for (let version = current; version < MIGRATIONS.length; version++) {
       this.db.transaction(() => {
-        this.db.exec(MIGRATIONS[version] as string);
+        const migration = MIGRATIONS[version] as string | ((db: Database.Database) => void);
+        if (typeof migration === 'string') this.db.exec(migration);
+        else migration(this.db);
         this.db.pragma(`user_version = ${version + 1}`);
       })();
     }
@@ -313,12 +335,12 @@ export class Store {
   }
 
   /**
-   * Every job as `info` lists it, by name, its source summarised by `summarise`. One pass over rows
-   * fetched as arrays, straight into the objects sent: info lists every job (100,000 on a big farm),
-   * and building row objects and then JobRecords to copy from was most of its cost.
+   * Every job as `info` lists it, by name. One pass over rows fetched as arrays, straight into the
+   * objects sent: info lists every job (100,000 on a big farm), and building row objects and then
+   * JobRecords to copy from was most of its cost. Sources are listed by the summary putJob stored.
    */
-  jobInfos(summarise: (source: JobSource) => JobSourceSummary, secretKeys: Map<string, string[]>): JobInfo[] {
-    const rows = this.sql(`SELECT name, platform, source, period, next_due, timeout_s, keep_runs, requires, env, notify
+  jobInfos(secretKeys: Map<string, string[]>): JobInfo[] {
+    const rows = this.sql(`SELECT name, platform, source_summary, period, next_due, timeout_s, keep_runs, requires, env, notify
       FROM jobs ORDER BY name -- info`).raw(true).all() as [string, string, string, string, number | null, number | null, number | null, string | null, string | null, string | null][];
     // A farm's jobs share a handful of periods, and most have no labels, environment or webhooks:
     // those are parsed once and shared by every job listed (the list is only encoded and dropped).
@@ -331,7 +353,7 @@ export class Store {
       let parsed = periods.get(period);
       if (parsed === undefined) periods.set(period, parsed = JSON.parse(period) as Period);
       jobs[i] = {
-        name, platform, source: summarise(JSON.parse(source) as JobSource), period: parsed, nextDue, timeoutSeconds, keepRuns,
+        name, platform, source: JSON.parse(source) as JobSourceSummary, period: parsed, nextDue, timeoutSeconds, keepRuns,
         requires: requires === null ? none : (JSON.parse(requires) as string[]),
         env: env === null ? noEnv : (JSON.parse(env) as Env),
         secretKeys: secretKeys.get(name) ?? none,
@@ -352,8 +374,8 @@ export class Store {
         this.sql('DELETE FROM jobs WHERE name = ?').run(job.name);
         this.sql('DELETE FROM job_secrets WHERE job = ?').run(job.name);
       }
-      this.sql(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, keep_runs, owner, requires, env, notify, created_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source),
+      this.sql(`INSERT INTO jobs (name, platform, source, source_summary, period, next_due, timeout_s, keep_runs, owner, requires, env, notify, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source), JSON.stringify(summariseSource(job.source)),
         JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, job.keepRuns, job.owner ?? null,
         jsonOrNull(job.requires), jsonOrNull(job.env), jsonOrNull(job.notify), existing?.createdAt ?? job.createdAt);
       const secret = this.sql('INSERT INTO job_secrets (job, key, value) VALUES (?, ?, ?)');

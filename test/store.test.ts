@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -74,10 +75,10 @@ afterEach(() => {
 });
 
 describe('opening and migrations', () => {
-  it('runs the migrations on a new file and sets user_version to their number (4), in incremental auto-vacuum mode', () => {
+  it('runs the migrations on a new file and sets user_version to their number (5), in incremental auto-vacuum mode', () => {
     const store = openStore();
-    expect(store.schemaVersion).toBe(4);
-    expect(store.db.pragma('user_version', { simple: true })).toBe(4);
+    expect(store.schemaVersion).toBe(5);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(5);
     expect(store.db.pragma('auto_vacuum', { simple: true })).toBe(2);
     const tables = (store.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[])
       .map((row) => row.name);
@@ -103,19 +104,19 @@ describe('opening and migrations', () => {
     const uuid = put(first, job('nightly'));
     closeStore(first);
     const second = openStore();
-    expect(second.schemaVersion).toBe(4);
+    expect(second.schemaVersion).toBe(5);
     expect(second.getJob('nightly')?.name).toBe('nightly');
     expect(second.getRun(uuid)?.state).toBe('queued');
   });
 
-  it('does not re-run migrations on a database that has user_version 4', () => {
-    // A database claiming to be at version 3 but without any tables: if the store ran the migrations
+  it('does not re-run migrations on a database that has user_version 5', () => {
+    // A database claiming to be at version 5 but without any tables: if the store ran the migrations
     // again the tables would appear.
     const raw = new Database(file);
-    raw.pragma('user_version = 4');
+    raw.pragma('user_version = 5');
     raw.close();
     const store = openStore();
-    expect(store.schemaVersion).toBe(4);
+    expect(store.schemaVersion).toBe(5);
     expect(store.db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table'").get()).toEqual({ n: 0 });
   });
 
@@ -127,12 +128,30 @@ describe('opening and migrations', () => {
     const error = thrown(() => new Store(file));
     expect(error).toBeInstanceOf(Error);
     expect((error as Error).message).toBe(
-      'the state database has schema version 7, newer than this builder-server knows (4); run a newer builder-server',
+      'the state database has schema version 7, newer than this builder-server knows (5); run a newer builder-server',
     );
     const check = new Database(file);
     expect(check.pragma('user_version', { simple: true })).toBe(7);
     expect((check.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]).map((r) => r.name)).toEqual(['future']);
     check.close();
+  });
+
+  it('migration 5 stores the source summary info lists for the jobs a version 4 database already has', () => {
+    const first = openStore();
+    put(first, { ...job('scripted'), source: { kind: 'script', script: 'echo héllo\n' } });
+    put(first, { ...job('templated'), source: { kind: 'template', template: 'debian-package', vars: { repo: 'https://example.org/r.git' } } });
+    closeStore(first);
+    // Back to what version 4 had: no source_summary column.
+    const raw = new Database(file);
+    raw.exec('ALTER TABLE jobs DROP COLUMN source_summary');
+    raw.pragma('user_version = 4');
+    raw.close();
+    const store = openStore();
+    expect(store.schemaVersion).toBe(5);
+    expect(store.jobInfos(new Map()).map((info) => [info.name, info.source])).toEqual([
+      ['scripted', { kind: 'script', bytes: 12, sha256: crypto.createHash('sha256').update('echo héllo\n').digest('hex') }],
+      ['templated', { kind: 'template', template: 'debian-package', vars: { repo: 'https://example.org/r.git' } }],
+    ]);
   });
 
   it('integrityCheck() says ok', () => {
