@@ -14,13 +14,11 @@ const STREAM_CODE = { out: 'o', err: 'e', builder: 'b' } as const;
 const CODE_STREAM: Record<string, ConsoleLine['stream']> = { o: 'out', e: 'err', b: 'builder' };
 
 /**
- * Chunks as console file lines: each line is `MILLISECONDS STREAM TEXT\n`, and the lines of a chunk
- * share their prefix, so a chunk costs one string operation however many lines it holds.
+ * A chunk as console file lines: each line is `MILLISECONDS STREAM TEXT\n`, and the lines of a
+ * chunk share their prefix, so a chunk costs one string operation however many lines it holds.
  */
-export function formatChunks(chunks: readonly ConsoleChunk[]): string {
-  let out = '';
-  for (const chunk of chunks) out += prefixLines(chunk.text, `${chunk.at} ${STREAM_CODE[chunk.stream]} `);
-  return out;
+export function formatChunk(chunk: ConsoleChunk): string {
+  return prefixLines(chunk.text, `${chunk.at} ${STREAM_CODE[chunk.stream]} `);
 }
 
 export function parseLine(text: string): ConsoleLine | null {
@@ -56,9 +54,24 @@ export class ConsoleWriter {
       // A run dispatched again after a crash (before its start was committed) starts afresh: truncate.
       this.fd = fs.openSync(this.file, 'w');
     }
-    // Written as a string: Node encodes it straight into the write, with no Buffer of ours to fill
-    // first (that copy was a tenth of the server's work for a fast console).
-    const text = formatChunks(chunks);
+    // Written as strings, a chunk at a time: Node encodes each straight into the write, with no
+    // Buffer of ours to fill first (that copy was a tenth of the server's work for a fast console),
+    // and no string is so long that the heap keeps it until a full collection (see pushChunk).
+    let written = 0;
+    try {
+      for (const chunk of chunks) {
+        this.bytes += this.write(formatChunk(chunk));
+        written++;
+      }
+    } finally {
+      // After a failed write (a full disk) the count matches what is in the file.
+      if (written === chunks.length && lines !== undefined) this.lines += lines;
+      else for (const chunk of chunks.slice(0, written)) this.lines += lineStats(chunk.text).lines;
+    }
+  }
+
+  /** Writes one string in full; returns its length in bytes. */
+  private write(text: string): number {
     const bytes = Buffer.byteLength(text);
     let written = fs.writeSync(this.fd, text);
     if (written < bytes) {
@@ -66,9 +79,7 @@ export class ConsoleWriter {
       const rest = Buffer.from(text);
       while (written < bytes) written += fs.writeSync(this.fd, rest, written);
     }
-    this.bytes += bytes;
-    if (lines !== undefined) this.lines += lines;
-    else for (const chunk of chunks) this.lines += lineStats(chunk.text).lines;
+    return bytes;
   }
 
   /**

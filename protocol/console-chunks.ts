@@ -40,13 +40,18 @@ export function chunkLines(chunk: ConsoleChunk): ConsoleLine[] {
 
 /**
  * Appends a chunk to a list, joined to the last one when that has the same time and stream (the
- * reads of one stream within a millisecond, a replay's consecutive lines): fewer, longer chunks.
+ * reads of one stream within a millisecond) and the two together stay within `maxChars`: fewer
+ * chunks, but none so long that the JavaScript heap must hold it as a large object (those are only
+ * freed by a full collection, so a fast console would grow the server's memory).
  */
-export function pushChunk(chunks: ConsoleChunk[], chunk: ConsoleChunk): void {
+export function pushChunk(chunks: ConsoleChunk[], chunk: ConsoleChunk, maxChars = MERGE_MAX_CHARS): void {
   const last = chunks[chunks.length - 1];
-  if (last !== undefined && last.at === chunk.at && last.stream === chunk.stream) {
+  if (last !== undefined && last.at === chunk.at && last.stream === chunk.stream && last.text.length + chunk.text.length < maxChars) {
     chunks[chunks.length - 1] = { at: last.at, stream: last.stream, text: `${last.text}\n${chunk.text}` };
   } else {
     chunks.push(chunk);
   }
 }
+
+/** Chunks are not merged beyond this many characters: 64 Ki, a pipe's read (see pushChunk). */
+export const MERGE_MAX_CHARS = 64 * 1024;
