@@ -4,8 +4,9 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { prefixLines } from '../protocol/console-chunks.js';
 import type {
-  Artifact, ConsoleLine, Info, JobSource, JobSourceSummary, Period, Progress, RunDetail, RunSummary, WorkerInfo,
+  Artifact, ConsoleChunk, Info, JobSource, JobSourceSummary, Period, Progress, RunDetail, RunSummary, WorkerInfo,
 } from '../protocol/types.js';
 import { describeOutcome, isSuccess, runStatus } from '../protocol/types.js';
 import { writeHashed } from './artifact-files.js';
@@ -92,13 +93,16 @@ function runDuration(run: RunSummary): string {
 }
 
 /** How consoles mark a line's stream: `|` stdout, `!` stderr, `#` a note from builder itself. */
-export function streamMarker(stream: ConsoleLine['stream']): string {
+export function streamMarker(stream: ConsoleChunk['stream']): string {
   return stream === 'out' ? '|' : stream === 'err' ? '!' : '#';
 }
 
-/** One console line as observe and show print it: seconds since start, a stream marker, the text. */
-export function formatConsoleLine(line: ConsoleLine): string {
-  return `${(line.at / 1000).toFixed(3).padStart(9)} ${streamMarker(line.stream)} ${line.text}\n`;
+/**
+ * Console lines as observe and show print them: seconds since start, a stream marker, the text.
+ * The lines of a chunk share their prefix: it is made once and put before each line in one go.
+ */
+export function formatConsoleChunk(chunk: ConsoleChunk): string {
+  return prefixLines(chunk.text, `${(chunk.at / 1000).toFixed(3).padStart(9)} ${streamMarker(chunk.stream)} `);
 }
 
 // ---- commands --------------------------------------------------------------------------------------
@@ -227,7 +231,7 @@ export async function show(client: Client, args: ShowArgs, io: Output): Promise<
     const id = client.send({ type: 'observe', uuid: args.uuid });
     for (;;) {
       const message = await client.receive(id);
-      if (message.type === 'console') io.out(message.lines.map(formatConsoleLine).join(''));
+      if (message.type === 'console') io.out(message.chunks.map(formatConsoleChunk).join(''));
       if (message.type === 'run-end') break;
     }
   }
@@ -312,10 +316,10 @@ export async function observe(client: Client, args: ObserveArgs, io: Output): Pr
         // One write per batch, not per line: a fast job prints hundreds of thousands of lines.
         let out = '';
         let err = '';
-        for (const line of message.lines) {
-          if (!args.raw) out += formatConsoleLine(line);
-          else if (line.stream === 'out') out += `${line.text}\n`;
-          else err += `${line.text}\n`;
+        for (const chunk of message.chunks) {
+          if (!args.raw) out += formatConsoleChunk(chunk);
+          else if (chunk.stream === 'out') out += `${chunk.text}\n`;
+          else err += `${chunk.text}\n`;
         }
         clearStatus();
         if (out.length > 0) io.out(out);

@@ -6,33 +6,19 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { ConsoleLine } from '../protocol/types.js';
+import { lineStats, prefixLines } from '../protocol/console-chunks.js';
+import type { ConsoleChunk, ConsoleLine } from '../protocol/types.js';
 import { syncDirectory } from './artifact-files.js';
 
 const STREAM_CODE = { out: 'o', err: 'e', builder: 'b' } as const;
 const CODE_STREAM: Record<string, ConsoleLine['stream']> = { o: 'out', e: 'err', b: 'builder' };
 
-/** A line never contains a newline; one that arrives with one (from a broken worker) is split. */
-export function normalizeLines(lines: ConsoleLine[]): ConsoleLine[] {
-  if (!lines.some((line) => line.text.includes('\n'))) return lines;
-  return lines.flatMap((line) => line.text.split('\n').map((text) => ({ ...line, text })));
-}
-
-export function formatLines(lines: ConsoleLine[]): string {
-  // Lines cut from one read of a pipe share their time and stream: their prefix is made once.
-  let out = '';
-  let at = -1;
-  let stream = '';
-  let prefix = '';
-  for (const line of lines) {
-    if (line.at !== at || line.stream !== stream) {
-      at = line.at;
-      stream = line.stream;
-      prefix = `${at} ${STREAM_CODE[line.stream]} `;
-    }
-    out += prefix + line.text + '\n';
-  }
-  return out;
+/**
+ * A chunk as console file lines: each line is `MILLISECONDS STREAM TEXT\n`, and the lines of a
+ * chunk share their prefix, so a chunk costs one string operation however many lines it holds.
+ */
+export function formatChunk(chunk: ConsoleChunk): string {
+  return prefixLines(chunk.text, `${chunk.at} ${STREAM_CODE[chunk.stream]} `);
 }
 
 export function parseLine(text: string): ConsoleLine | null {
@@ -58,19 +44,34 @@ export class ConsoleWriter {
   constructor(readonly file: string, private readonly syncDir = false) {}
 
   /**
-   * Appends lines (already normalised: no newline inside) synchronously, so a replay that starts
-   * after this call sees them in the file.
+   * Appends chunks synchronously, so a replay that starts after this call sees them in the file.
+   * `lines` is how many lines they hold, when the caller has counted them already.
    */
-  append(lines: ConsoleLine[]): void {
+  append(chunks: readonly ConsoleChunk[], lines?: number): void {
     if (this.closed) throw new Error(`console ${this.file} is closed`);
     if (this.fd < 0) {
       fs.mkdirSync(path.dirname(this.file), { recursive: true });
       // A run dispatched again after a crash (before its start was committed) starts afresh: truncate.
       this.fd = fs.openSync(this.file, 'w');
     }
-    // Written as a string: Node encodes it straight into the write, with no Buffer of ours to fill
-    // first (that copy was a tenth of the server's work for a fast console).
-    const text = formatLines(lines);
+    // Written as strings, a chunk at a time: Node encodes each straight into the write, with no
+    // Buffer of ours to fill first (that copy was a tenth of the server's work for a fast console),
+    // and no string is so long that the heap keeps it until a full collection (see pushChunk).
+    let written = 0;
+    try {
+      for (const chunk of chunks) {
+        this.bytes += this.write(formatChunk(chunk));
+        written++;
+      }
+    } finally {
+      // After a failed write (a full disk) the count matches what is in the file.
+      if (written === chunks.length && lines !== undefined) this.lines += lines;
+      else for (const chunk of chunks.slice(0, written)) this.lines += lineStats(chunk.text).lines;
+    }
+  }
+
+  /** Writes one string in full; returns its length in bytes. */
+  private write(text: string): number {
     const bytes = Buffer.byteLength(text);
     let written = fs.writeSync(this.fd, text);
     if (written < bytes) {
@@ -78,8 +79,7 @@ export class ConsoleWriter {
       const rest = Buffer.from(text);
       while (written < bytes) written += fs.writeSync(this.fd, rest, written);
     }
-    this.bytes += bytes;
-    this.lines += lines.length;
+    return bytes;
   }
 
   /**
@@ -111,19 +111,27 @@ export class ConsoleStore {
   }
 
   /**
-   * Reads a console back in batches of up to `batchLines`, from byte `start` up to byte `end`
-   * (exclusive; null reads to the end of the file). Writers append whole lines only, so any size the
-   * file had is a line boundary and consecutive ranges never split or repeat a line.
+   * Reads a console back in batches of up to `batchLines` lines, from byte `start` up to byte `end`
+   * (exclusive; null reads to the end of the file), as chunks: consecutive lines of the same time
+   * and stream are joined again. Writers append whole lines only, so any size the file had is a line
+   * boundary and consecutive ranges never split or repeat a line.
    */
-  async *replay(uuid: string, start: number, end: number | null, batchLines = 1000, batchBytes = 1024 * 1024): AsyncGenerator<ConsoleLine[]> {
+  async *replay(uuid: string, start: number, end: number | null, batchLines = 1000, batchBytes = 1024 * 1024): AsyncGenerator<ConsoleChunk[]> {
     const file = this.fileOf(uuid);
     if ((end !== null && end <= start) || !fs.existsSync(file)) return;
     const stream = fs.createReadStream(file, end === null ? { start } : { start, end: end - 1 });
     // Split on \n only (readline would also split on a bare \r, which progress bars print), on
     // bytes: 0x0a never occurs inside a UTF-8 sequence, so each line decodes on its own.
     let rest: Buffer = Buffer.alloc(0);
-    let batch: ConsoleLine[] = [];
+    let batch: ConsoleChunk[] = [];
+    let lines = 0;
     let bytes = 0;
+    // The lines of the chunk being gathered: joined once it is complete.
+    let current: { at: number; stream: ConsoleLine['stream']; texts: string[] } | null = null;
+    const close = (): void => {
+      if (current !== null) batch.push({ at: current.at, stream: current.stream, text: current.texts.join('\n') });
+      current = null;
+    };
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         const data = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
@@ -133,15 +141,23 @@ export class ConsoleStore {
           bytes += nl - from;
           from = nl + 1;
           if (line === null) continue;
-          batch.push(line);
-          if (batch.length >= batchLines || bytes >= batchBytes) {
+          if (current !== null && current.at === line.at && current.stream === line.stream) current.texts.push(line.text);
+          else {
+            close();
+            current = { at: line.at, stream: line.stream, texts: [line.text] };
+          }
+          lines++;
+          if (lines >= batchLines || bytes >= batchBytes) {
+            close();
             yield batch;
             batch = [];
+            lines = 0;
             bytes = 0;
           }
         }
         rest = data.subarray(from);
       }
+      close();
       if (batch.length > 0) yield batch;
     } finally {
       stream.destroy();

@@ -1,11 +1,12 @@
 /**
  * Cuts one output stream of a job into console lines as bytes arrive. A line is sent when its newline
  * arrives; a partial line that sits for `partialMs` is sent anyway (so `printf 'working...'` shows up);
- * a line longer than MAX_LINE_CHARS is split. UTF-8 sequences cut between chunks are reassembled.
+ * a line longer than MAX_LINE_CHARS is split. UTF-8 sequences cut between reads are reassembled.
+ * The lines of one read go out as one ConsoleChunk: they share the read's time and stream.
  */
 import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
-import type { ConsoleLine } from '../protocol/types.js';
+import type { ConsoleChunk } from '../protocol/types.js';
 
 export const MAX_LINE_CHARS = 64 * 1024;
 
@@ -20,7 +21,7 @@ export class LineSplitter {
   constructor(
     private readonly stream: 'out' | 'err',
     private readonly started: number,
-    private readonly emit: (lines: ConsoleLine[]) => void,
+    private readonly emit: (chunks: ConsoleChunk[]) => void,
     private readonly partialMs: number,
   ) {}
 
@@ -40,18 +41,31 @@ export class LineSplitter {
     this.flushPartial();
   }
 
+  /**
+   * Everything up to the last newline goes out as one chunk (one read: one time, one stream), its
+   * lines' trailing CRs removed and over-long lines cut, without making a string per line.
+   */
   private take(text: string): void {
     if (text.length === 0) return;
     const at = Date.now() - this.started;
-    const pieces = (this.partial + text).split('\n');
-    this.partial = pieces.pop() as string;
-    const lines: ConsoleLine[] = [];
-    for (const piece of pieces) this.cut(piece.endsWith('\r') ? piece.slice(0, -1) : piece, at, lines);
+    const all = this.partial + text;
+    const last = all.lastIndexOf('\n');
+    const pieces: string[] = [];
+    if (last >= 0) {
+      let complete = all.slice(0, last + 1);
+      // A CR right before a newline ends a line from a CRLF program; a CR elsewhere stays.
+      if (complete.includes('\r\n')) complete = complete.replaceAll('\r\n', '\n');
+      complete = complete.slice(0, -1);
+      pieces.push(complete.length > MAX_LINE_CHARS ? cutLongLines(complete) : complete);
+      this.partial = all.slice(last + 1);
+    } else {
+      this.partial = all;
+    }
     while (this.partial.length > MAX_LINE_CHARS) {
-      lines.push({ at, stream: this.stream, text: this.partial.slice(0, MAX_LINE_CHARS) });
+      pieces.push(this.partial.slice(0, MAX_LINE_CHARS));
       this.partial = this.partial.slice(MAX_LINE_CHARS);
     }
-    if (lines.length > 0) this.emit(lines);
+    if (pieces.length > 0) this.emit([{ at, stream: this.stream, text: pieces.join('\n') }]);
     if (this.partial.length > 0 && this.timer === null) this.armPartialTimer(this.partialMs);
   }
 
@@ -73,13 +87,6 @@ export class LineSplitter {
     }, delay);
   }
 
-  private cut(text: string, at: number, into: ConsoleLine[]): void {
-    for (let offset = 0; offset < text.length || offset === 0; offset += MAX_LINE_CHARS) {
-      into.push({ at, stream: this.stream, text: text.slice(offset, offset + MAX_LINE_CHARS) });
-      if (text.length === 0) break;
-    }
-  }
-
   private flushPartial(): void {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
@@ -88,6 +95,19 @@ export class LineSplitter {
     this.partial = '';
     this.emit([{ at: Date.now() - this.started, stream: this.stream, text }]);
   }
+}
+
+/** Cuts every line of `text` (lines joined by \n) that is longer than MAX_LINE_CHARS into several. */
+function cutLongLines(text: string): string {
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (line.length <= MAX_LINE_CHARS) continue;
+    const parts: string[] = [];
+    for (let offset = 0; offset < line.length; offset += MAX_LINE_CHARS) parts.push(line.slice(offset, offset + MAX_LINE_CHARS));
+    lines[i] = parts.join('\n');
+  }
+  return lines.join('\n');
 }
 
 /**

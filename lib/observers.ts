@@ -9,7 +9,7 @@
 import { Connection } from '../protocol/connection.js';
 import { encodeFrame } from '../protocol/frame.js';
 import type { ServerToClient } from '../protocol/messages.js';
-import type { ConsoleLine, RunSummary } from '../protocol/types.js';
+import type { ConsoleChunk, RunSummary } from '../protocol/types.js';
 import type { ConsoleStore } from './console-log.js';
 
 export interface ObserverLimits {
@@ -40,7 +40,7 @@ class Observer {
   ended: RunSummary | null = null;
   /** The newest state change seen while replaying, sent once caught up. */
   update: RunSummary | null = null;
-  /** This observer's `console` frame up to its `lines` value (see SharedLines), made on first use. */
+  /** This observer's `console` frame up to its `chunks` value (see SharedLines), made on first use. */
   private head: Buffer | null = null;
   constructor(readonly conn: ObserverSink, readonly id: number, readonly uuid: string) {}
 
@@ -50,13 +50,13 @@ class Observer {
    */
   sendLines(shared: SharedLines): boolean {
     const conn = this.conn;
-    if (!(conn instanceof Connection)) return conn.send({ type: 'console', id: this.id, lines: shared.lines });
+    if (!(conn instanceof Connection)) return conn.send({ type: 'console', id: this.id, chunks: shared.chunks });
     if (conn.isClosed || conn.socket.destroyed) return false;
     this.head ??= SharedLines.head(this.id);
     const body = shared.encoded();
     const length = Buffer.allocUnsafe(4);
     length.writeUInt32BE(this.head.length + body.length, 0);
-    // One writev for the three pieces: no copy of the lines per observer.
+    // One writev for the three pieces: no copy of the console per observer.
     conn.socket.cork();
     conn.socket.write(length);
     conn.socket.write(this.head);
@@ -67,23 +67,23 @@ class Observer {
 }
 
 /**
- * One batch of live lines, msgpack-encoded at most once however many observers get it: with 20
+ * One batch of live chunks, msgpack-encoded at most once however many observers get it: with 20
  * observers, encoding the same lines 20 times was most of the server's work. A `console` message is
- * the map {type, id, lines} with `lines` last (msgpackr writes keys in insertion order), so each
- * observer's frame is its head — the map up to the `lines` key, made once per observer — followed
+ * the map {type, id, chunks} with `chunks` last (msgpackr writes keys in insertion order), so each
+ * observer's frame is its head — the map up to the `chunks` key, made once per observer — followed
  * by the shared encoding of the array: byte for byte what encodeFrame would have made.
  */
 class SharedLines {
   private body: Buffer | null = null;
-  constructor(readonly lines: ConsoleLine[]) {}
+  constructor(readonly chunks: ConsoleChunk[]) {}
 
   encoded(): Buffer {
-    this.body ??= encodeFrame(this.lines).subarray(4);
+    this.body ??= encodeFrame(this.chunks).subarray(4);
     return this.body;
   }
 
   static head(id: number): Buffer {
-    const empty = encodeFrame({ type: 'console', id, lines: [] });
+    const empty = encodeFrame({ type: 'console', id, chunks: [] });
     // An empty array is the single byte 0x90, and it comes last.
     if (empty[empty.length - 1] !== 0x90) throw new Error('unexpected encoding of a console message');
     return empty.subarray(4, empty.length - 1);
@@ -138,9 +138,9 @@ export class ObserverHub {
   }
 
   private async replay(conn: ObserverSink, id: number, uuid: string, start: number, end: number | null): Promise<void> {
-    for await (const lines of this.consoles.replay(uuid, start, end)) {
+    for await (const chunks of this.consoles.replay(uuid, start, end)) {
       if (conn.isClosed) return;
-      if (!conn.send({ type: 'console', id, lines })) await conn.drained();
+      if (!conn.send({ type: 'console', id, chunks })) await conn.drained();
     }
   }
 
@@ -167,10 +167,10 @@ export class ObserverHub {
     return this.byRun.has(uuid);
   }
 
-  lines(uuid: string, lines: ConsoleLine[]): void {
+  lines(uuid: string, chunks: ConsoleChunk[]): void {
     const set = this.byRun.get(uuid);
     if (set === undefined) return;
-    const shared = new SharedLines(lines);
+    const shared = new SharedLines(chunks);
     for (const observer of set) {
       // An observer still replaying reads these lines from the file.
       if (!observer.replaying) this.deliver(observer, shared, false);

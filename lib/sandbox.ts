@@ -4,7 +4,7 @@
  * prepare → run → (kill) → collect → cleanUp.
  */
 import type { TarSource } from '../protocol/artifacts.js';
-import type { ConsoleLine, Outcome } from '../protocol/types.js';
+import type { ConsoleChunk, Outcome } from '../protocol/types.js';
 
 export interface JobSpec {
   uuid: string;
@@ -17,8 +17,8 @@ export interface JobSpec {
 }
 
 export interface RunHooks {
-  /** Console lines as they come, in order. Called often; must not block. */
-  lines(lines: ConsoleLine[]): void;
+  /** Console lines as they come, in order, as chunks (lines of one read together). Called often; must not block. */
+  lines(chunks: ConsoleChunk[]): void;
 }
 
 /** Why a job is being stopped from outside; decides the outcome that is reported. */

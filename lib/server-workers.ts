@@ -6,10 +6,11 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import type { Connection } from '../protocol/connection.js';
 import { artifactParser } from '../protocol/artifacts.js';
+import { lineStats } from '../protocol/console-chunks.js';
 import { type Hello, WorkerMessage, parseWith } from '../protocol/messages.js';
-import type { Artifact, ConsoleLine, JobSource, Outcome, Progress, RunSummary, WorkerInfo } from '../protocol/types.js';
+import type { Artifact, ConsoleChunk, JobSource, Outcome, Progress, RunSummary, WorkerInfo } from '../protocol/types.js';
 import { describeOutcome, limitMessage } from '../protocol/types.js';
-import { type ConsoleWriter, normalizeLines } from './console-log.js';
+import type { ConsoleWriter } from './console-log.js';
 import { diskFullProblem, isDiskFull } from './disk.js';
 import { guard } from './log.js';
 import type { ServerContext } from './server.js';
@@ -87,8 +88,10 @@ interface ActiveRun {
   consoleFull?: boolean;
   upload: Upload | null;
   finishing: boolean;
-  /** Secret values (and each line of a multi-line one), longest first: masked in what the run prints. */
+  /** Secret values (and each line of a multi-line one), longest first: masked in what the run reports. */
   secrets: string[];
+  /** The secrets without a newline: those that can occur in a console line (masked in console chunks). */
+  lineSecrets: string[];
   progress: Progress | null;
 }
 
@@ -418,9 +421,10 @@ export class Dispatcher {
   private begin({ worker, uuid, job, script, env, secrets }: Start): void {
     const { store, hub, log, options } = this.context;
     worker.waiting = false;
+    const masks = secretMasks(Object.values(secrets));
     worker.run = {
       uuid, job: job.name, console: this.context.consoles.open(uuid), upload: null, finishing: false,
-      secrets: secretMasks(Object.values(secrets)), progress: null,
+      secrets: masks, lineSecrets: masks.filter((mask) => !mask.includes('\n')), progress: null,
     };
     if (worker.conn.isClosed) {
       // It left while the start was being committed: its run is lost and queued again at once.
@@ -458,21 +462,22 @@ export class Dispatcher {
       case 'output': {
         const run = this.currentRun(worker, message.uuid, 'output');
         if (run === null) return;
-        const normal = normalizeLines(message.lines);
-        const lines = this.limitConsole(run, run.secrets.length === 0 ? normal
-          : normal.map((line) => ({ ...line, text: maskSecrets(line.text, run.secrets) })));
-        if (lines.length === 0) return;
+        // A chunk's lines are joined by \n and no mask holds one, so masking the whole chunk masks
+        // each line exactly as masking them one by one would.
+        const { chunks, lines } = this.limitConsole(run, run.secrets.length === 0 ? message.chunks
+          : message.chunks.map((chunk) => ({ ...chunk, text: maskSecrets(chunk.text, run.lineSecrets) })));
+        if (chunks.length === 0) return;
         try {
-          run.console.append(lines);
+          run.console.append(chunks, lines);
         } catch (error) {
           // The job goes on; what it prints from now on is not kept (observers are told).
           run.consoleFull = true;
           const problem = isDiskFull(error) ? 'the server\'s disk is full' : `the server cannot write the console: ${(error as Error).message}`;
           this.context.log(isDiskFull(error) ? 'disk-full' : 'error', { run: run.uuid, problem: `console not written: ${problem}` });
-          this.context.hub.lines(run.uuid, [{ at: lines[0]?.at ?? 0, stream: 'builder', text: `${problem}: the rest of this console is not kept` }]);
+          this.context.hub.lines(run.uuid, [{ at: chunks[0]?.at ?? 0, stream: 'builder', text: `${problem}: the rest of this console is not kept` }]);
           return;
         }
-        this.context.hub.lines(run.uuid, lines);
+        this.context.hub.lines(run.uuid, chunks);
         return;
       }
       case 'progress': {
@@ -535,7 +540,7 @@ export class Dispatcher {
       await run.upload.finish();
       if (run.upload.problem !== null) {
         outcome = { kind: 'error', message: limitMessage(`${describeOutcome(reported)}, but its artifacts were refused: ${run.upload.problem}`) };
-        const note: ConsoleLine = { at: Date.now() - (store.getRun(run.uuid)?.startedAt ?? Date.now()), stream: 'builder', text: `artifacts refused: ${run.upload.problem}` };
+        const note: ConsoleChunk = { at: Date.now() - (store.getRun(run.uuid)?.startedAt ?? Date.now()), stream: 'builder', text: `artifacts refused: ${run.upload.problem}` };
         run.console.append([note]);
         hub.lines(run.uuid, [note]);
       } else {
@@ -602,28 +607,47 @@ export class Dispatcher {
 
   /**
    * Console limits: a line longer than --max-line-bytes is cut, saying so; past --max-console-bytes
-   * a run's output is no longer kept, and one note says so. The job itself runs on.
+   * a run's output is no longer kept, and one note says so. The job itself runs on. A chunk none of
+   * whose lines is near the line limit and that fits under the console limit (nearly always) is
+   * kept whole; only one that may break a limit is looked at line by line. Returns the chunks to
+   * keep and how many lines they hold.
    */
-  private limitConsole(run: ActiveRun, lines: ConsoleLine[]): ConsoleLine[] {
+  private limitConsole(run: ActiveRun, chunks: ConsoleChunk[]): { chunks: ConsoleChunk[]; lines: number } {
     const { maxLineBytes, maxConsoleBytes } = this.context.options;
-    if (run.consoleFull) return [];
-    const kept: ConsoleLine[] = [];
+    if (run.consoleFull) return { chunks: [], lines: 0 };
+    const kept: ConsoleChunk[] = [];
+    let keptLines = 0;
     let bytes = run.console.bytes;
-    for (const line of lines) {
-      let text = line.text;
-      if (text.length > maxLineBytes / 4 && Buffer.byteLength(text) > maxLineBytes) {
-        const cut = Buffer.from(text).subarray(0, maxLineBytes).toString('utf8').replace(/\uFFFD$/, '');
-        text = `${cut}… (line cut at ${maxLineBytes} bytes, --max-line-bytes)`;
+    for (const chunk of chunks) {
+      const { lines, longest } = lineStats(chunk.text);
+      // Each line counts its UTF-8 bytes and 16 more; the chunk's (lines - 1) joining \n are not lines' bytes.
+      const chunkBytes = Buffer.byteLength(chunk.text) - (lines - 1) + 16 * lines;
+      if (longest <= maxLineBytes / 4 && bytes + chunkBytes <= maxConsoleBytes) {
+        kept.push(chunk);
+        keptLines += lines;
+        bytes += chunkBytes;
+        continue;
       }
-      bytes += Buffer.byteLength(text) + 16;
-      if (bytes > maxConsoleBytes) {
-        run.consoleFull = true;
-        kept.push({ at: line.at, stream: 'builder', text: `console limit of ${maxConsoleBytes} bytes reached: the rest of this run's output is not kept (--max-console-bytes)` });
-        break;
+      const texts: string[] = [];
+      for (const line of chunk.text.split('\n')) {
+        let text = line;
+        if (text.length > maxLineBytes / 4 && Buffer.byteLength(text) > maxLineBytes) {
+          const cut = Buffer.from(text).subarray(0, maxLineBytes).toString('utf8').replace(/\uFFFD$/, '');
+          text = `${cut}… (line cut at ${maxLineBytes} bytes, --max-line-bytes)`;
+        }
+        bytes += Buffer.byteLength(text) + 16;
+        if (bytes > maxConsoleBytes) {
+          run.consoleFull = true;
+          if (texts.length > 0) kept.push({ ...chunk, text: texts.join('\n') });
+          kept.push({ at: chunk.at, stream: 'builder', text: `console limit of ${maxConsoleBytes} bytes reached: the rest of this run's output is not kept (--max-console-bytes)` });
+          return { chunks: kept, lines: keptLines + texts.length + 1 };
+        }
+        texts.push(text);
       }
-      kept.push(text === line.text ? line : { ...line, text });
+      kept.push({ ...chunk, text: texts.join('\n') });
+      keptLines += texts.length;
     }
-    return kept;
+    return { chunks: kept, lines: keptLines };
   }
 
   /** Starts (or restarts in full) the timer after which a silent running worker is lost. */

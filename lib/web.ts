@@ -10,7 +10,8 @@ import https from 'node:https';
 import path from 'node:path';
 import type { ServerToClient } from '../protocol/messages.js';
 import { formatAddress, parseAddress } from '../protocol/connection.js';
-import type { Artifact, ConsoleLine, RunDetail } from '../protocol/types.js';
+import { chunkLines, prefixLines } from '../protocol/console-chunks.js';
+import type { Artifact, RunDetail } from '../protocol/types.js';
 import { UUID_PATTERN } from '../protocol/types.js';
 import { formatProgress, runStatus, streamMarker, toJson } from './client-commands.js';
 import { isLoopback } from './auth.js';
@@ -324,9 +325,9 @@ class WebView {
     res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
     res.write(html.slice(0, at));
     let number = 0;
-    for await (const lines of consoles.replay(uuid, 0, offset)) {
+    for await (const chunks of consoles.replay(uuid, 0, offset)) {
       if (res.destroyed) return;
-      const chunk = lines.map((line) => consoleLineHtml(line, ++number)).join('');
+      const chunk = chunks.flatMap(chunkLines).map((line) => consoleLineHtml(line, ++number)).join('');
       if (!res.write(chunk)) await new Promise((resolve) => res.once('drain', resolve));
     }
     res.end(html.slice(at + CONSOLE_MARK.length));
@@ -341,9 +342,9 @@ class WebView {
         res.end();
         return;
       }
-      for await (const lines of this.context.consoles.replay(uuid, 0, null)) {
+      for await (const chunks of this.context.consoles.replay(uuid, 0, null)) {
         if (res.destroyed) return;
-        if (!res.write(lines.map((line) => `${(line.at / 1000).toFixed(3)} ${streamMarker(line.stream)} ${line.text}\n`).join(''))) {
+        if (!res.write(chunks.map((chunk) => prefixLines(chunk.text, `${(chunk.at / 1000).toFixed(3)} ${streamMarker(chunk.stream)} `)).join(''))) {
           await new Promise((resolve) => res.once('drain', resolve));
         }
       }
@@ -358,7 +359,7 @@ class WebView {
       send: (message: ServerToClient): boolean => {
         switch (message.type) {
           case 'console':
-            return event('lines', { html: message.lines.map((line: ConsoleLine) => consoleLineHtml(line, ++number)).join('') });
+            return event('lines', { html: message.chunks.flatMap(chunkLines).map((line) => consoleLineHtml(line, ++number)).join('') });
           case 'run-update':
             return event('state', runView(message.run));
           case 'run-end':
@@ -489,7 +490,7 @@ class WebView {
   private async consoleText(uuid: string): Promise<{ text: string; truncated: boolean }> {
     const lines: string[] = [];
     for await (const batch of this.context.consoles.replay(uuid, 0, null)) {
-      for (const line of batch) {
+      for (const line of batch.flatMap(chunkLines)) {
         if (lines.length >= COMPARE_MAX_LINES) return { text: `${lines.join('\n')}\n`, truncated: true };
         lines.push(`${streamMarker(line.stream)} ${line.text}`);
       }

@@ -9,7 +9,8 @@ import { type Connection, type DialTls, dial, dialProblem } from '../protocol/co
 import { HandshakeRefused, handshake } from '../protocol/handshake.js';
 import { ConnectionClosed, Inbox } from '../protocol/inbox.js';
 import { type JobAssignment, ServerToWorker, type Welcome } from '../protocol/messages.js';
-import type { ConsoleLine, Outcome } from '../protocol/types.js';
+import { pushChunk } from '../protocol/console-chunks.js';
+import type { ConsoleChunk, Outcome } from '../protocol/types.js';
 import { describeOutcome, limitMessage } from '../protocol/types.js';
 import { ProgressWatcher } from './progress.js';
 import type { Sandbox } from './sandbox.js';
@@ -53,7 +54,6 @@ export const WORKER_EXIT = {
 type Session = { conn: Connection; inbox: Inbox<ServerToWorker>; welcome: Welcome };
 
 const OUTPUT_BATCH_MS = 20;
-const OUTPUT_BATCH_LINES = 1000;
 const OUTPUT_BATCH_BYTES = 256 * 1024;
 
 export async function runWorker(options: WorkerOptions): Promise<number> {
@@ -209,27 +209,27 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
 
   // Console lines are batched for a few milliseconds; when the socket backs up, the job's output
   // is paused, so a slow server slows the job down instead of filling the worker's memory.
-  let batch: ConsoleLine[] = [];
+  let batch: ConsoleChunk[] = [];
   let batchBytes = 0;
   let batchTimer: NodeJS.Timeout | null = null;
   const flush = (): void => {
     if (batchTimer !== null) clearTimeout(batchTimer);
     batchTimer = null;
     if (batch.length === 0) return;
-    const lines = batch;
+    const chunks = batch;
     batch = [];
     batchBytes = 0;
-    if (!conn.send({ type: 'output', uuid: job.uuid, lines })) {
+    if (!conn.send({ type: 'output', uuid: job.uuid, chunks })) {
       sandbox.setPaused(true);
       void conn.drained().then(() => sandbox.setPaused(false));
     }
   };
-  const emit = (lines: ConsoleLine[]): void => {
-    for (const line of lines) {
-      batch.push(line);
-      batchBytes += line.text.length + 16;
+  const emit = (chunks: ConsoleChunk[]): void => {
+    for (const chunk of chunks) {
+      pushChunk(batch, chunk);
+      batchBytes += chunk.text.length + 16;
     }
-    if (batch.length >= OUTPUT_BATCH_LINES || batchBytes >= OUTPUT_BATCH_BYTES) flush();
+    if (batchBytes >= OUTPUT_BATCH_BYTES) flush();
     else batchTimer ??= setTimeout(flush, OUTPUT_BATCH_MS);
   };
   const note = (text: string): void => emit([{ at: Date.now() - started, stream: 'builder', text }]);

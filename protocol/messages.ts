@@ -5,12 +5,15 @@
  */
 import { z } from 'zod';
 import {
-  Artifact, ConsoleLine, Env, Info, JobSource, Label, MAX_TIMEOUT_SECONDS, Name, NotifyUrl, Outcome, Period, RunDetail, RunSummary,
+  Artifact, ConsoleChunk, Env, Info, JobSource, Label, MAX_TIMEOUT_SECONDS, Name, NotifyUrl, Outcome, Period, RunDetail, RunSummary,
   Timestamp, Uuid, WorkerInfo,
 } from './types.js';
 
-/** Bumped on every incompatible change to a message. Both sides must speak the same version. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * Bumped on every incompatible change to a message. Both sides must speak the same version.
+ * 2: console lines travel as chunks (`output.chunks`, `console.chunks`) instead of one map per line.
+ */
+export const PROTOCOL_VERSION = 2;
 
 /** Artifact and fetch streams travel in chunks of at most this many bytes, far below any frame limit. */
 export const CHUNK_BYTES = 256 * 1024;
@@ -45,7 +48,7 @@ export const Welcome = z.object({
   /** Workers send a heartbeat this often (idle or running); the server answers each one. */
   heartbeatSeconds: z.number().positive(),
   maxFrameBytes: z.number().int().positive(),
-  /** What this server understands beyond protocol version 1's messages: 'progress'. */
+  /** What this server understands beyond its protocol version's messages: 'progress'. */
   features: z.array(z.string()).optional(),
 });
 export type Welcome = z.infer<typeof Welcome>;
@@ -118,7 +121,7 @@ export const WorkersReply = z.object({ type: z.literal('workers-result'), id: Re
 export const ShowReply = z.object({ type: z.literal('show-result'), id: RequestId, run: RunDetail });
 /** observe: first the run as it is now, then console batches and updates, last `run-end`. */
 export const ObservingReply = z.object({ type: z.literal('observing'), id: RequestId, run: RunSummary });
-export const ConsoleBatch = z.object({ type: z.literal('console'), id: RequestId, lines: z.array(ConsoleLine) });
+export const ConsoleBatch = z.object({ type: z.literal('console'), id: RequestId, chunks: z.array(ConsoleChunk) });
 export const RunUpdate = z.object({ type: z.literal('run-update'), id: RequestId, run: RunSummary });
 export const RunEnd = z.object({ type: z.literal('run-end'), id: RequestId, run: RunSummary });
 /** fetch: the artifact list, then the tar stream in chunks, then `data-end`. */
@@ -137,7 +140,7 @@ export type ServerToClient = z.infer<typeof ServerToClient>;
 // ---- worker ↔ server ----------------------------------------------------------------------------
 
 export const RequestJob = z.object({ type: z.literal('request-job') });
-export const Output = z.object({ type: z.literal('output'), uuid: Uuid, lines: z.array(ConsoleLine).min(1) });
+export const Output = z.object({ type: z.literal('output'), uuid: Uuid, chunks: z.array(ConsoleChunk).min(1) });
 export const Heartbeat = z.object({ type: z.literal('heartbeat'), uuid: Uuid.nullable() });
 export const Upload = z.object({ type: z.literal('upload'), uuid: Uuid, chunk: Bytes });
 export const Finished = z.object({ type: z.literal('finished'), uuid: Uuid, outcome: Outcome });

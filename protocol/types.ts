@@ -137,6 +137,20 @@ export const ConsoleLine = z.object({
 });
 export type ConsoleLine = z.infer<typeof ConsoleLine>;
 
+/**
+ * Console lines on the wire: consecutive lines that share their time and stream travel as one
+ * string, joined by `\n` (so `text` holds one line more than it has newlines; '' is one empty
+ * line). A fast job prints a pipe's worth of lines per read, all with the same time and stream:
+ * one string for them costs one msgpack string, one validation and one string operation wherever
+ * they go, where an object per line cost all of that per line.
+ */
+export const ConsoleChunk = z.object({
+  at: z.number().int().nonnegative(),
+  stream: z.enum(['out', 'err', 'builder']),
+  text: z.string(),
+});
+export type ConsoleChunk = z.infer<typeof ConsoleChunk>;
+
 export const Artifact = z.object({
   path: z.string().min(1).max(4096),
   size: z.number().int().nonnegative(),

@@ -119,7 +119,7 @@ describe('encodeFrame / decodeBody', () => {
 describe('FrameDecoder: chunking', () => {
   const messages = [
     { type: 'hello', version: 1, role: 'client', software: 'builder 0.1.0' },
-    { type: 'output', uuid: '123e4567-e89b-12d3-a456-426614174000', lines: [{ at: 5, stream: 'out', text: 'ünïcödé 🚀' }] },
+    { type: 'output', uuid: '123e4567-e89b-12d3-a456-426614174000', chunks: [{ at: 5, stream: 'out', text: 'ünïcödé 🚀' }] },
     { type: 'data', id: 3, chunk: Buffer.from('binary\u0000data') },
     [1, 2, 3],
     'a string frame',

@@ -30,7 +30,7 @@ const SEEDS: unknown[] = [
   { type: 'info', id: 5 },
   { type: 'observe', id: 6, uuid: UUID },
   { type: 'request-job' },
-  { type: 'output', uuid: UUID, lines: [{ at: 1, stream: 'out', text: 'x' }] },
+  { type: 'output', uuid: UUID, chunks: [{ at: 1, stream: 'out', text: 'x' }] },
   { type: 'upload', uuid: UUID, chunk: new Uint8Array(512) },
   { type: 'finished', uuid: UUID, outcome: { kind: 'exited', code: 0 } },
   { type: 'heartbeat', uuid: UUID },

@@ -114,6 +114,8 @@ describe('environment and secrets', () => {
       'echo "$STAGE $REGION $GREETING"',
       'echo "the key is $API_KEY, twice: $API_KEY"',
       'echo "$MULTI" | tail -n 1',
+      // Both lines in one write, so in one console chunk: each line is masked, none is lost.
+      'printf "%s\\n" "$MULTI" "after"',
       'echo "$API_KEY" >&2',
       'builder-progress 10 "using $API_KEY"',
       '',
@@ -122,7 +124,7 @@ describe('environment and secrets', () => {
     expect(run.outcome).toEqual({ kind: 'exited', code: 0 });
     const consoleText = await ok(server, ['show', uuid, '--console']);
     expect(consoleText.split('\n').map((line) => line.replace(/^\s*\d+\.\d+ /, '')).filter((line) => line !== '')).toEqual([
-      '| staging eu-west from the flag', '| the key is ***, twice: ***', '| ***', '! ***',
+      '| staging eu-west from the flag', '| the key is ***, twice: ***', '| ***', '| ***', '| ***', '| after', '! ***',
     ]);
     const detail = await ok(server, ['show', uuid]);
     expect(detail).toMatch(/^env:\s+STAGE=staging$/m);

@@ -1,24 +1,33 @@
 /** The worker's line splitter: newlines, partial lines, long lines, UTF-8 cut between chunks. */
 import { describe, expect, it } from 'vitest';
 import { LineSplitter, MAX_LINE_CHARS } from '../lib/line-splitter.js';
-import type { ConsoleLine } from '../protocol/types.js';
+import { chunkLines } from '../protocol/console-chunks.js';
+import type { ConsoleChunk } from '../protocol/types.js';
 
-function collector(partialMs = 50): { splitter: LineSplitter; texts: () => string[]; lines: ConsoleLine[] } {
-  const lines: ConsoleLine[] = [];
-  const splitter = new LineSplitter('out', Date.now(), (batch) => lines.push(...batch), partialMs);
-  return { splitter, lines, texts: () => lines.map((line) => line.text) };
+function collector(partialMs = 50): { splitter: LineSplitter; texts: () => string[]; chunks: ConsoleChunk[] } {
+  const chunks: ConsoleChunk[] = [];
+  const splitter = new LineSplitter('out', Date.now(), (batch) => chunks.push(...batch), partialMs);
+  return { splitter, chunks, texts: () => chunks.flatMap(chunkLines).map((line) => line.text) };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('LineSplitter', () => {
   it('emits one line per newline, whatever the chunking, and strips a CR before the newline', () => {
-    const { splitter, texts, lines } = collector();
+    const { splitter, texts, chunks } = collector();
     for (const piece of ['one\ntw', 'o\r\n', '', 'thr', 'ee\n\nfour']) splitter.push(Buffer.from(piece));
     expect(texts()).toEqual(['one', 'two', 'three', '']);
     splitter.end();
     expect(texts()).toEqual(['one', 'two', 'three', '', 'four']);
-    expect(lines.every((line) => line.stream === 'out' && line.at >= 0)).toBe(true);
+    expect(chunks.every((chunk) => chunk.stream === 'out' && chunk.at >= 0)).toBe(true);
+  });
+
+  it('sends the lines of one read as one chunk, a CR before each newline removed and others kept', () => {
+    const { splitter, chunks } = collector();
+    splitter.push(Buffer.from('a\r\n\r\nb\r\r\nc\rd\n\npartial'));
+    expect(chunks.map((chunk) => chunk.text)).toEqual(['a\n\nb\r\nc\rd\n']);
+    splitter.end();
+    expect(chunks.map((chunk) => chunk.text)).toEqual(['a\n\nb\r\nc\rd\n', 'partial']);
   });
 
   it('keeps a bare carriage return inside a line', () => {
@@ -38,6 +47,14 @@ describe('LineSplitter', () => {
     const { splitter, texts } = collector();
     splitter.push(Buffer.from(`${'x'.repeat(MAX_LINE_CHARS * 2 + 5)}\n`));
     expect(texts().map((text) => text.length)).toEqual([MAX_LINE_CHARS, MAX_LINE_CHARS, 5]);
+  });
+
+  it('splits long lines among short ones in one read, and a long partial line', () => {
+    const { splitter, texts } = collector();
+    splitter.push(Buffer.from(`a\n${'x'.repeat(MAX_LINE_CHARS * 2)}\nb\n${'y'.repeat(MAX_LINE_CHARS + 3)}`));
+    expect(texts().map((text) => text.length)).toEqual([1, MAX_LINE_CHARS, MAX_LINE_CHARS, 1, MAX_LINE_CHARS]);
+    splitter.end();
+    expect(texts().map((text) => text.length)).toEqual([1, MAX_LINE_CHARS, MAX_LINE_CHARS, 1, MAX_LINE_CHARS, 3]);
   });
 
   it('sends a partial line once the stream has been quiet, and the rest as its own line', async () => {

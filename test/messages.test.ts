@@ -311,13 +311,16 @@ const cases: Case[] = [
   },
   {
     schema: ServerToClient, schemaName: 'ServerToClient',
-    valid: { type: 'console', id: 8, lines: [{ at: 0, stream: 'out', text: 'hello' }, { at: 12, stream: 'err', text: '' }, { at: 13, stream: 'builder', text: 'ünï 🚀' }] },
-    invalid: [['fractional at', set('lines.0.at', 1.5), 'lines.0.at'], ['unknown stream', set('lines.2.stream', 'stdout'), 'lines.2.stream']],
+    valid: { type: 'console', id: 8, chunks: [{ at: 0, stream: 'out', text: 'hello\nworld' }, { at: 12, stream: 'err', text: '' }, { at: 13, stream: 'builder', text: 'ünï 🚀' }] },
+    invalid: [
+      ['fractional at', set('chunks.0.at', 1.5), 'chunks.0.at'], ['unknown stream', set('chunks.2.stream', 'stdout'), 'chunks.2.stream'],
+      ['text not a string', set('chunks.1.text', ['a', 'b']), 'chunks.1.text'],
+    ],
   },
   {
     schema: ServerToClient, schemaName: 'ServerToClient',
-    valid: { type: 'console', id: 8, lines: [] },
-    invalid: [['lines not an array', set('lines', 'hello'), 'lines']],
+    valid: { type: 'console', id: 8, chunks: [] },
+    invalid: [['chunks not an array', set('chunks', 'hello'), 'chunks'], ['protocol version 1 lines', (m) => { m.lines = m.chunks; delete m.chunks; }, 'chunks']],
   },
   {
     schema: ServerToClient, schemaName: 'ServerToClient',
@@ -358,11 +361,11 @@ const cases: Case[] = [
   },
   {
     schema: WorkerMessage, schemaName: 'WorkerMessage',
-    valid: { type: 'output', uuid: UUID, lines: [{ at: 1, stream: 'out', text: 'compiling' }] },
+    valid: { type: 'output', uuid: UUID, chunks: [{ at: 1, stream: 'out', text: 'compiling\nlinking' }] },
     invalid: [
-      ['no lines', set('lines', []), 'lines'],
-      ['bad stream', set('lines.0.stream', 'x'), 'lines.0.stream'],
-      ['negative at', set('lines.0.at', -1), 'lines.0.at'],
+      ['no chunks', set('chunks', []), 'chunks'],
+      ['bad stream', set('chunks.0.stream', 'x'), 'chunks.0.stream'],
+      ['negative at', set('chunks.0.at', -1), 'chunks.0.at'],
       ['bad uuid', set('uuid', UUID.slice(1)), 'uuid'],
     ],
   },

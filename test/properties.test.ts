@@ -100,7 +100,7 @@ const VALID: [string, (value: unknown) => { ok: boolean }, unknown][] = [
   ['reschedule', (v) => parseWith(ClientMessage, v), { type: 'reschedule', id: 3, name: 'job', nextDue: 1_800_000_000_000, period: null }],
   ['cancel', (v) => parseWith(ClientMessage, v), { type: 'cancel', id: 4, uuid: UUID }],
   ['results', (v) => parseWith(ClientMessage, v), { type: 'results', id: 5, name: 'job', limit: 10 }],
-  ['output', (v) => parseWith(WorkerMessage, v), { type: 'output', uuid: UUID, lines: [{ at: 5, stream: 'out', text: 'hello' }] }],
+  ['output', (v) => parseWith(WorkerMessage, v), { type: 'output', uuid: UUID, chunks: [{ at: 5, stream: 'out', text: 'hello' }] }],
   ['upload', (v) => parseWith(WorkerMessage, v), { type: 'upload', uuid: UUID, chunk: new Uint8Array([1, 2, 3]) }],
   ['finished', (v) => parseWith(WorkerMessage, v), { type: 'finished', uuid: UUID, outcome: { kind: 'signalled', signal: 9, message: 'out of memory' } }],
   ['heartbeat', (v) => parseWith(WorkerMessage, v), { type: 'heartbeat', uuid: UUID }],
