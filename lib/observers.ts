@@ -2,8 +2,10 @@
  * Observers of runs. `observe UUID` first replays the console from its file, following the file
  * like `tail -f` until it has caught up with the writer, then switches to the live stream — so a
  * replay never holds live lines in memory, however fast the job prints. A live observer whose socket
- * backlog grows past the limit is told so and cut off: a slow reader never slows the worker or the
- * server. The final `run-end` is never dropped: it bypasses the limit, and an observer still
+ * backlog grows past the limit goes back to reading the file from the first line it has not been
+ * sent, at the pace its socket drains, and rejoins the live stream once it has caught up again: a
+ * slow reader never slows the worker or the server, costs no memory beyond that backlog, and still
+ * gets every line. The final `run-end` is never dropped: it bypasses the limit, and an observer still
  * replaying gets it right after catching up.
  */
 import { Connection } from '../protocol/connection.js';
@@ -13,7 +15,7 @@ import type { ConsoleChunk, RunSummary } from '../protocol/types.js';
 import type { ConsoleStore } from './console-log.js';
 
 export interface ObserverLimits {
-  /** Unsent bytes in the socket beyond which a live observer is cut off. */
+  /** Unsent bytes in the socket beyond which a live observer goes back to reading the console file. */
   maxBacklogBytes: number;
 }
 
@@ -40,9 +42,11 @@ class Observer {
   ended: RunSummary | null = null;
   /** The newest state change seen while replaying, sent once caught up. */
   update: RunSummary | null = null;
+  /** While live: the console file offset up to which this observer has been sent every line. */
+  sent = 0;
   /** This observer's `console` frame up to its `chunks` value (see SharedLines), made on first use. */
   private head: Buffer | null = null;
-  constructor(readonly conn: ObserverSink, readonly id: number, readonly uuid: string) {}
+  constructor(readonly conn: ObserverSink, readonly id: number, readonly uuid: string, readonly offsetOf: ConsoleOffset) {}
 
   /**
    * Sends live lines. To a client connection, the lines encoded once for every observer follow this
@@ -114,26 +118,38 @@ export class ObserverHub {
       conn.send({ type: 'run-end', id, run });
       return;
     }
-    const observer = new Observer(conn, id, run.uuid);
+    const observer = new Observer(conn, id, run.uuid, offsetOf);
     let set = this.byRun.get(run.uuid);
     if (set === undefined) this.byRun.set(run.uuid, (set = new Set()));
     set.add(observer);
-    let offset = start;
+    await this.catchUp(observer, start);
+  }
+
+  /**
+   * Replays the console from byte `offset`, following the writer, until caught up; then switches the
+   * observer to the live stream. Used when observing starts and when a live observer falls behind.
+   */
+  private async catchUp(observer: Observer, offset: number): Promise<void> {
+    observer.replaying = true;
+    const { conn, id, uuid } = observer;
     for (;;) {
       // Read up to what the writer has written right now; once nothing new was written while we
       // read, we are caught up, and (synchronously, so no line slips between) switch to live.
-      const target = observer.ended !== null ? null : (offsetOf(run.uuid) ?? 0);
+      const target = observer.ended !== null ? null : (observer.offsetOf(uuid) ?? 0);
       if (target !== null && target <= offset) break;
-      await this.replay(conn, id, run.uuid, offset, target);
+      await this.replay(conn, id, uuid, offset, target);
       if (observer.done || conn.isClosed) return;
       if (target === null) break;
       offset = target;
     }
     observer.replaying = false;
+    observer.sent = offset;
     if (observer.ended !== null) {
       this.deliver(observer, { type: 'run-end', id, run: observer.ended }, true);
     } else if (observer.update !== null) {
-      this.deliver(observer, { type: 'run-update', id, run: observer.update }, false);
+      const update = observer.update;
+      observer.update = null;
+      this.deliver(observer, { type: 'run-update', id, run: update }, false);
     }
   }
 
@@ -167,13 +183,17 @@ export class ObserverHub {
     return this.byRun.has(uuid);
   }
 
-  lines(uuid: string, chunks: ConsoleChunk[]): void {
+  /**
+   * Live console chunks of run `uuid`. `end`: the console file's size once they are in it, or null
+   * for a note that is not in the file.
+   */
+  lines(uuid: string, chunks: ConsoleChunk[], end: number | null): void {
     const set = this.byRun.get(uuid);
     if (set === undefined) return;
     const shared = new SharedLines(chunks);
     for (const observer of set) {
       // An observer still replaying reads these lines from the file.
-      if (!observer.replaying) this.deliver(observer, shared, false);
+      if (!observer.replaying && this.deliver(observer, shared, false) && end !== null) observer.sent = end;
     }
   }
 
@@ -204,23 +224,20 @@ export class ObserverHub {
     this.latestWaiters = this.latestWaiters.filter((w) => w.conn !== conn);
   }
 
-  private deliver(observer: Observer, message: ServerToClient | SharedLines, final: boolean): void {
-    if (observer.done) return;
+  /** Sends a live message; false when the observer is behind and was sent back to the file instead. */
+  private deliver(observer: Observer, message: ServerToClient | SharedLines, final: boolean): boolean {
+    if (observer.done) return false;
     if (!final && observer.conn.backlog > this.limits.maxBacklogBytes) {
-      this.cut(observer, `it fell more than ${this.limits.maxBacklogBytes} bytes behind the console`);
-      return;
+      // Behind: no more live messages queue up for it. It reads the console file from the first
+      // line it was not sent, as fast as its socket drains; a run-update waits for it there.
+      if (!(message instanceof SharedLines)) observer.update = message.type === 'run-update' ? message.run : observer.update;
+      void this.catchUp(observer, observer.sent).catch(() => this.finish(observer));
+      return false;
     }
     if (message instanceof SharedLines) observer.sendLines(message);
     else observer.conn.send(message);
     if (final) this.finish(observer);
-  }
-
-  private cut(observer: Observer, why: string): void {
-    this.finish(observer);
-    observer.conn.send({
-      type: 'failure', id: observer.id,
-      message: `observer cut off because ${why}; the run goes on — run observe ${observer.uuid} again to replay its console`,
-    });
+    return true;
   }
 
   private finish(observer: Observer): void {

@@ -474,10 +474,10 @@ export class Dispatcher {
           run.consoleFull = true;
           const problem = isDiskFull(error) ? 'the server\'s disk is full' : `the server cannot write the console: ${(error as Error).message}`;
           this.context.log(isDiskFull(error) ? 'disk-full' : 'error', { run: run.uuid, problem: `console not written: ${problem}` });
-          this.context.hub.lines(run.uuid, [{ at: chunks[0]?.at ?? 0, stream: 'builder', text: `${problem}: the rest of this console is not kept` }]);
+          this.context.hub.lines(run.uuid, [{ at: chunks[0]?.at ?? 0, stream: 'builder', text: `${problem}: the rest of this console is not kept` }], null);
           return;
         }
-        this.context.hub.lines(run.uuid, chunks);
+        this.context.hub.lines(run.uuid, chunks, run.console.bytes);
         return;
       }
       case 'progress': {
@@ -542,7 +542,7 @@ export class Dispatcher {
         outcome = { kind: 'error', message: limitMessage(`${describeOutcome(reported)}, but its artifacts were refused: ${run.upload.problem}`) };
         const note: ConsoleChunk = { at: Date.now() - (store.getRun(run.uuid)?.startedAt ?? Date.now()), stream: 'builder', text: `artifacts refused: ${run.upload.problem}` };
         run.console.append([note]);
-        hub.lines(run.uuid, [note]);
+        hub.lines(run.uuid, [note], run.console.bytes);
       } else {
         artifacts = run.upload.artifacts;
       }

@@ -36,7 +36,7 @@ export interface ServerOptions {
   /** A connection that has not said hello after this long is closed. */
   helloTimeoutSeconds: number;
   maxFrameBytes: number;
-  /** Unsent bytes an observer may have before it is cut off. */
+  /** Unsent bytes an observer may have before it goes back to reading the console file. */
   observerBacklogBytes: number;
   /** Largest single artifact file accepted. */
   maxArtifactBytes: number;
