@@ -2,14 +2,16 @@
  * What each builder-client command does and prints. Human output is aligned text; `--json` output
  * is documented in the README and stable: times are ISO 8601 strings in UTC, runs carry a `status`.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { ReadEntry } from 'tar';
 import { prefixLines } from '../protocol/console-chunks.js';
 import type {
   Artifact, ConsoleChunk, Info, JobSource, JobSourceSummary, Period, Progress, RunDetail, RunSummary, WorkerInfo,
 } from '../protocol/types.js';
 import { describeOutcome, isSuccess, runStatus } from '../protocol/types.js';
-import { writeHashed } from './artifact-files.js';
+import { SMALL_FILE_BYTES, SmallFileSlots, readWhole, writeHashed } from './artifact-files.js';
 import { Client, ClientError, EXIT } from './client.js';
 import { describePeriod } from './period.js';
 
@@ -371,6 +373,7 @@ export async function fetchArtifacts(client: Client, args: FetchArgs, io: Output
   let problem: string | null = null;
   const writes: Promise<void>[] = [];
   const done = new Set<string>();
+  const target = new TargetDir(args.dir);
   const parser = artifactParser({
     file: (relative, size, entry) => {
       const artifact = expected.get(relative);
@@ -380,7 +383,7 @@ export async function fetchArtifacts(client: Client, args: FetchArgs, io: Output
         return;
       }
       done.add(relative);
-      writes.push(writeVerified(args.dir, artifact, entry, (n) => {
+      writes.push(target.write(artifact, entry, (n) => {
         received += n;
         bar?.update(Math.floor(received / 1048576));
       }).catch((error: Error) => { problem ??= error.message; }));
@@ -413,28 +416,81 @@ export async function fetchArtifacts(client: Client, args: FetchArgs, io: Output
   return EXIT.ok;
 }
 
-async function writeVerified(dir: string, artifact: Artifact, data: AsyncIterable<Buffer>, progress: (bytes: number) => void): Promise<void> {
-  const target = path.join(dir, artifact.path);
-  const resolvedDir = path.resolve(dir);
-  if (!path.resolve(target).startsWith(resolvedDir + path.sep)) throw new Error(`${artifact.path} would be written outside ${dir}`);
-  await fs.promises.mkdir(path.dirname(target), { recursive: true });
-  const tmp = `${target}.builder-partial`;
-  const handle = await fs.promises.open(tmp, 'w');
-  let sha256: string;
-  let counted = 0;
-  try {
-    // Hashed as it arrives, several chunks written at once (see writeHashed).
-    ({ sha256 } = await writeHashed(handle, data, (size) => {
-      progress(size - counted);
-      counted = size;
-    }));
-  } finally {
-    await handle.close();
-  }
-  if (sha256 !== artifact.sha256) {
-    await fs.promises.rm(tmp, { force: true });
-    throw new Error(`${artifact.path}: SHA-256 mismatch (expected ${artifact.sha256}, received ${sha256})`);
-  }
-  await fs.promises.rename(tmp, target);
-}
+/**
+ * Where fetch writes: each file under a temporary name, checked against its SHA-256 and only then
+ * renamed into place. A small file is taken in whole and checked before anything is written, and
+ * several are written at once (see SmallFileSlots); a big one is hashed as it is written.
+ */
+class TargetDir {
+  private readonly resolved: string;
+  private readonly made = new Set<string>();
+  /**
+   * Few at once: fetched files share directories, and threads creating and renaming entries in one
+   * directory mostly wait for (and spin on) its lock in the kernel.
+   */
+  private readonly slots = new SmallFileSlots(4);
 
+  constructor(private readonly dir: string) {
+    this.resolved = path.resolve(dir);
+  }
+
+  write(artifact: Artifact, entry: ReadEntry, progress: (bytes: number) => void): Promise<void> {
+    const target = path.join(this.dir, artifact.path);
+    if (!path.resolve(target).startsWith(this.resolved + path.sep)) {
+      entry.resume();
+      return Promise.reject(new Error(`${artifact.path} would be written outside ${this.dir}`));
+    }
+    if (artifact.size <= SMALL_FILE_BYTES) {
+      return this.slots.run(async () => {
+        const data = await readWhole(entry, artifact.size);
+        progress(data.length);
+        this.check(artifact, crypto.createHash('sha256').update(data).digest('hex'));
+        await this.makeDir(path.dirname(target));
+        const tmp = `${target}.builder-partial`;
+        await fs.promises.writeFile(tmp, data);
+        await fs.promises.rename(tmp, target);
+      });
+    }
+    return this.writeLarge(artifact, target, entry, progress);
+  }
+
+  private async writeLarge(artifact: Artifact, target: string, entry: ReadEntry, progress: (bytes: number) => void): Promise<void> {
+    let handle: fs.promises.FileHandle;
+    const tmp = `${target}.builder-partial`;
+    try {
+      await this.makeDir(path.dirname(target));
+      handle = await fs.promises.open(tmp, 'w');
+    } catch (error) {
+      entry.resume();
+      throw error;
+    }
+    let sha256: string;
+    let counted = 0;
+    try {
+      // Hashed as it arrives, several chunks written at once (see writeHashed).
+      ({ sha256 } = await writeHashed(handle, entry, (size) => {
+        progress(size - counted);
+        counted = size;
+      }));
+    } finally {
+      await handle.close();
+    }
+    try {
+      this.check(artifact, sha256);
+    } catch (error) {
+      await fs.promises.rm(tmp, { force: true });
+      throw error;
+    }
+    await fs.promises.rename(tmp, target);
+  }
+
+  private check(artifact: Artifact, sha256: string): void {
+    if (sha256 !== artifact.sha256) throw new Error(`${artifact.path}: SHA-256 mismatch (expected ${artifact.sha256}, received ${sha256})`);
+  }
+
+  private async makeDir(dir: string): Promise<void> {
+    if (this.made.has(dir)) return;
+    await fs.promises.mkdir(dir, { recursive: true });
+    this.made.add(dir);
+  }
+}

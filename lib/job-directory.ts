@@ -7,8 +7,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { TarSource } from '../protocol/artifacts.js';
-import { CHUNK_BYTES } from '../protocol/messages.js';
+import { type TarSource, fileChunks } from '../protocol/artifacts.js';
 
 /** The script's file name in the working directory; it is never collected as an artifact. */
 export const SCRIPT_NAME = '.builder-script.sh';
@@ -124,7 +123,7 @@ async function* walk(root: string, relative: string, notes: (text: string) => vo
         size: stat.size,
         mode: stat.mode & 0o111 ? 0o755 : 0o644,
         // O_NOFOLLOW: a file swapped for a symlink after the listing is refused, not followed.
-        chunks: () => fs.createReadStream('', { fd: fs.openSync(full, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW), highWaterMark: CHUNK_BYTES }),
+        chunks: () => fileChunks(full, stat.size, fs.constants.O_NOFOLLOW),
       };
     } else if (stat.isSymbolicLink()) {
       notes(`not an artifact: ${rel} is a symbolic link (links are not followed)`);

@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import type { Connection } from '../protocol/connection.js';
-import { tarStream, type TarSource } from '../protocol/artifacts.js';
+import { fileChunks, tarStream, type TarSource } from '../protocol/artifacts.js';
 import type { ClientMessage } from '../protocol/messages.js';
 import { describeOutcome } from '../protocol/types.js';
 import type { QueueEntry } from '../protocol/types.js';
@@ -191,7 +191,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         const sources: TarSource[] = run.artifacts.map((artifact) => ({
           path: artifact.path,
           size: artifact.size,
-          chunks: () => fs.createReadStream(context.artifacts.fileOf(artifact.sha256), { highWaterMark: 256 * 1024 }),
+          chunks: () => fileChunks(context.artifacts.fileOf(artifact.sha256), artifact.size),
         }));
         for await (const chunk of tarStream(sources)) {
           if (conn.isClosed) return;

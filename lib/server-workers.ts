@@ -30,6 +30,8 @@ class Upload {
   private readonly pending: Promise<void>[] = [];
   private readonly parser;
   private ended: Promise<void>;
+  /** Reading from the worker is paused until the parser drains. */
+  private waiting = false;
 
   /** Bytes the tar headers announced so far: the run's total is checked before a file is stored. */
   private announced = 0;
@@ -57,12 +59,15 @@ class Upload {
   }
 
   write(chunk: Uint8Array): void {
-    if (!this.parser.write(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength))) {
+    if (!this.parser.write(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)) && !this.waiting) {
       // Disk slower than the network: stop reading from this worker until the parser catches up.
-      // Its heartbeats wait in the socket meanwhile, so its silence does not count.
+      // Its heartbeats wait in the socket meanwhile, so its silence does not count. (Frames already
+      // decoded from the last read still arrive: one wait is enough for them all.)
+      this.waiting = true;
       this.conn.pause();
       this.paused(true);
       this.parser.once('drain', () => {
+        this.waiting = false;
         this.paused(false);
         this.conn.resume();
       });

@@ -5,7 +5,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
-import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, encodeFrame } from './frame.js';
+import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, encodeFrameParts } from './frame.js';
 import type { AnyMessage } from './messages.js';
 
 export interface ConnectionHandlers {
@@ -55,10 +55,21 @@ export class Connection {
     return this.socket.writableLength;
   }
 
-  /** Sends one message. Returns false when the socket's buffer is full (see `drained`). */
+  /**
+   * Sends one message. Returns false when the socket's buffer is full (see `drained`). A big `chunk`
+   * of bytes is handed to the socket as it is, not copied (encodeFrameParts): it must not change
+   * after this call.
+   */
   send(message: AnyMessage): boolean {
     if (this.closed || this.socket.destroyed) return false;
-    return this.socket.write(encodeFrame(message));
+    const parts = encodeFrameParts(message);
+    if (parts.length === 1) return this.socket.write(parts[0]!);
+    // Corked, the head and the bytes leave in one writev.
+    this.socket.cork();
+    let room = true;
+    for (const part of parts) room = this.socket.write(part);
+    this.socket.uncork();
+    return room;
   }
 
   /** Resolves once the socket's write buffer has been flushed (or the connection closed). */

@@ -30,6 +30,32 @@ export function encodeFrame(value: unknown): Buffer {
   return frame;
 }
 
+/** A `chunk` of bytes at least this long is not copied into its frame (see encodeFrameParts). */
+const UNCOPIED_CHUNK_BYTES = 4096;
+const NO_BYTES = Buffer.alloc(0);
+
+/**
+ * Encodes a message as encodeFrame does, but a big `chunk` of bytes (artifact streams) is not copied:
+ * the result is the frame's head (length, and the message up to the bytes) and the bytes themselves,
+ * to be written one after the other. The message is packed with an empty `chunk` as its last field,
+ * whose `bin 8` header (c4 00) is then replaced by the `bin 32` header of the real bytes: the same
+ * msgpack a copying encoder makes, without two copies of every artifact byte (into msgpackr's buffer,
+ * then into the frame) and the garbage they leave.
+ */
+export function encodeFrameParts(value: object): Buffer[] {
+  const { chunk, ...rest } = value as { chunk?: unknown };
+  if (!(chunk instanceof Uint8Array) || chunk.length < UNCOPIED_CHUNK_BYTES) return [encodeFrame(value)];
+  const body = packr.pack({ ...rest, chunk: NO_BYTES });
+  const before = body.length - 2;
+  if (body[before] !== 0xc4 || body[before + 1] !== 0) throw new Error('msgpackr did not end the message with an empty bin 8');
+  const head = Buffer.allocUnsafe(4 + before + 5);
+  head.writeUInt32BE(before + 5 + chunk.length, 0);
+  body.copy(head, 4, 0, before);
+  head[4 + before] = 0xc6;
+  head.writeUInt32BE(chunk.length, 4 + before + 1);
+  return [head, Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)];
+}
+
 /** Decodes the body of one frame. Throws FrameError on anything that is not exactly one msgpack value. */
 export function decodeBody(body: Buffer): unknown {
   if (body.length === 0) throw new FrameError('empty frame: a frame holds exactly one msgpack value');

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, decodeBody, encodeFrame } from '../protocol/frame.js';
+import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, decodeBody, encodeFrame, encodeFrameParts } from '../protocol/frame.js';
 import { prng, thrown } from './unit-helpers.js';
 
 
@@ -86,6 +86,28 @@ describe('encodeFrame / decodeBody', () => {
     expect((decoded.empty as Uint8Array).length).toBe(0);
     // binary is msgpack bin (0xc4 for short data), not an array of numbers
     expect(encodeFrame(u8).subarray(4).toString('hex')).toBe('c406000102fdfeff');
+  });
+
+  it.each([0, 100, 4095, 4096, 65535, 65536, 262144])('sends a %i-byte chunk uncopied as the same msgpack (bin 32 once big), decoding to exactly the message', (size) => {
+    const chunk = Buffer.from(Array.from({ length: size }, (_, i) => (i * 7) % 256));
+    const message = { type: 'upload', uuid: '4f6c2a1e-9b0d-4c3e-8f21-3a5b7c9d0e1f', chunk };
+    const parts = encodeFrameParts(message);
+    const frame = Buffer.concat(parts);
+    expect(frame.readUInt32BE(0)).toBe(frame.length - 4);
+    if (size >= 4096) {
+      // The bytes themselves are the second part: the very buffer given, not a copy.
+      expect(parts).toHaveLength(2);
+      expect(parts[1]!.buffer).toBe(chunk.buffer);
+      expect(frame[frame.length - size - 5]).toBe(0xc6);
+    } else {
+      expect(frame.equals(encodeFrame(message))).toBe(true);
+    }
+    const decoder = new FrameDecoder();
+    const [decoded] = decoder.push(frame) as [{ type: string; uuid: string; chunk: Uint8Array }];
+    expect(decoded.type).toBe('upload');
+    expect(decoded.uuid).toBe(message.uuid);
+    expect(Buffer.from(decoded.chunk).equals(chunk)).toBe(true);
+    expect(decodeBody(frame.subarray(4))).toEqual(decodeBody(encodeFrame(message).subarray(4)));
   });
 
   it('round-trips large integers: safe integers stay numbers, bigints stay bigints', () => {

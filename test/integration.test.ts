@@ -71,6 +71,49 @@ describe('schedule → run → observe → fetch', () => {
     expect(script).toContain('head -c 300000 /dev/urandom');
   });
 
+  it('stores and fetches small, boundary-sized, big and repeated files byte for byte, each content once', async () => {
+    // Around the size up to which a file is taken in whole (64 KiB), one bigger than what is written
+    // at once (4 MiB), many small ones, and repeated contents (stored once, fetched everywhere).
+    const uuid = await scheduleScript(server, dir, 'sizes', [
+      'mkdir -p many twice',
+      ': > empty.bin',
+      'head -c 65536 /dev/urandom > at-limit.bin',
+      'head -c 65537 /dev/urandom > over-limit.bin',
+      'head -c 9000000 /dev/urandom > big.bin',
+      'cp big.bin twice/big-again.bin',
+      'cp at-limit.bin twice/at-limit-again.bin',
+      'i=0; while [ $i -lt 300 ]; do echo "file $i" > many/$i.txt; i=$((i+1)); done',
+      'echo "file 7" > twice/seven.txt',
+      'find . -type f ! -path "./.builder*" -exec sha256sum {} + | sed "s| \\./| |"',
+    ].join('\n'), ['--every', '1d']);
+    const worker = startWorker(server, [], PLATFORM, dir);
+    expect((await worker.exit).code).toBe(0);
+    const raw = await client(server, ['observe', uuid, '--raw']);
+    const sums = new Map(raw.stdout.split('\n').filter((line) => /^[0-9a-f]{64}  /.test(line)).map((line) => {
+      const [hash, file] = line.split(/\s+/) as [string, string];
+      return [file, hash];
+    }));
+    expect(sums.size).toBe(307);
+    const run = await show(server, uuid);
+    expect(run.status).toBe('success');
+    expect(new Map(run.artifacts?.map((a) => [a.path, a.sha256]))).toEqual(sums);
+    // Content-addressed: the three repeated contents are stored once each.
+    const stored = fs.readdirSync(path.join(dir, 'state', 'artifacts')).filter((name) => name !== 'tmp')
+      .flatMap((sub) => fs.readdirSync(path.join(dir, 'state', 'artifacts', sub)));
+    for (const hash of sums.values()) expect(stored).toContain(hash);
+    expect(fs.readdirSync(path.join(dir, 'state', 'artifacts', 'tmp'))).toEqual([]);
+
+    // Fetched twice into the same directory: the second fetch replaces every file.
+    const out = path.join(dir, 'fetched-sizes');
+    for (let round = 0; round < 2; round++) {
+      const fetched = await client(server, ['fetch', uuid, '-o', out]);
+      expect(fetched.code).toBe(0);
+      for (const [file, hash] of sums) expect(sha256(fs.readFileSync(path.join(out, file)))).toBe(hash);
+    }
+    expect(fs.readdirSync(out).sort()).toEqual(['at-limit.bin', 'big.bin', 'empty.bin', 'many', 'over-limit.bin', 'twice']);
+    expect(fs.readdirSync(path.join(out, 'many'))).toHaveLength(300);
+  });
+
   it('records a job killed by a signal as signalled, and observe exits 3', async () => {
     const uuid = await scheduleScript(server, dir, 'signalled', 'echo before\nkill -KILL $$\necho after\n');
     const worker = startWorker(server, [], PLATFORM, dir);
