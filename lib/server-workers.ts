@@ -123,6 +123,8 @@ export class WorkerSession {
   lastSeen = Date.now();
   run: ActiveRun | null = null;
   waiting = false;
+  /** It sent request-job after its run's `finished`, before the outcome was committed. */
+  nextRequested = false;
   /** Why the server ended this worker's connection, when it did (shown for a gone worker). */
   goneReason: string | null = null;
   private silence: NodeJS.Timeout | null = null;
@@ -323,6 +325,16 @@ export class Dispatcher {
     for (const platform of platforms) this.dispatch(platform);
   }
 
+  /** Puts a worker that asked for a job in its platform's waiting list (once) and tries dispatching. */
+  private wait(worker: WorkerSession): void {
+    if (worker.waiting || worker.conn.isClosed) return;
+    worker.waiting = true;
+    const list = this.waiting.get(worker.platform) ?? [];
+    list.push(worker);
+    this.waiting.set(worker.platform, list);
+    this.dispatch(worker.platform);
+  }
+
   /**
    * Hands queued runs of `platform` to waiting workers soon: at the end of this turn of the event
    * loop, so that the workers that asked and the runs that were queued during the turn are matched
@@ -452,13 +464,15 @@ export class Dispatcher {
   async handle(worker: WorkerSession, message: WorkerMessage): Promise<void> {
     switch (message.type) {
       case 'request-job': {
-        if (worker.run !== null) return this.protocolViolation(worker, `request-job while run ${worker.run.uuid} is not finished`);
-        if (worker.waiting) return;
-        worker.waiting = true;
-        const list = this.waiting.get(worker.platform) ?? [];
-        list.push(worker);
-        this.waiting.set(worker.platform, list);
-        this.dispatch(worker.platform);
+        if (worker.run !== null) {
+          // After its `finished` (feature request-after-finished), a worker may ask for its next job
+          // before the outcome is committed: it waits from the moment the commit is done. That saves
+          // one round trip per job for a worker in --loop mode.
+          if (!worker.run.finishing) return this.protocolViolation(worker, `request-job while run ${worker.run.uuid} is not finished`);
+          worker.nextRequested = true;
+          return;
+        }
+        this.wait(worker);
         return;
       }
       case 'heartbeat':
@@ -561,6 +575,10 @@ export class Dispatcher {
     worker.run = null;
     this.watchSilence(worker);
     worker.conn.send({ type: 'finished-ack', uuid: run.uuid });
+    if (worker.nextRequested) {
+      worker.nextRequested = false;
+      this.wait(worker);
+    }
     log('finish', { run: run.uuid, job: run.job, worker: worker.id, outcome: describeOutcome(outcome), artifacts: artifacts.length, lines: run.console.lines });
     if (hub.watching(run.uuid)) {
       const summary = store.getRun(run.uuid);

@@ -309,7 +309,7 @@ function accept(context: ServerContext, conn: Connection, forget: () => void): v
       identity = who;
       conn.send({
         type: 'welcome', version: PROTOCOL_VERSION, software: SOFTWARE,
-        heartbeatSeconds: options.heartbeatSeconds, maxFrameBytes: options.maxFrameBytes, features: ['progress'],
+        heartbeatSeconds: options.heartbeatSeconds, maxFrameBytes: options.maxFrameBytes, features: ['progress', 'request-after-finished'],
       });
       if (hello.role === 'client') {
         role = 'client';

@@ -51,7 +51,13 @@ export const WORKER_EXIT = {
   sandbox: 4,
 } as const;
 
-type Session = { conn: Connection; inbox: Inbox<ServerToWorker>; welcome: Welcome };
+type Session = {
+  conn: Connection;
+  inbox: Inbox<ServerToWorker>;
+  welcome: Welcome;
+  /** A request-job was sent and no job has answered it yet. */
+  requested: boolean;
+};
 
 const OUTPUT_BATCH_MS = 20;
 const OUTPUT_BATCH_BYTES = 256 * 1024;
@@ -71,7 +77,8 @@ export async function runWorker(options: WorkerOptions): Promise<number> {
         throw error;
       }
     }
-    session.conn.send({ type: 'request-job' });
+    if (!session.requested) session.conn.send({ type: 'request-job' });
+    session.requested = true;
     let job: JobAssignment;
     try {
       job = await nextJob(session, say);
@@ -87,6 +94,7 @@ export async function runWorker(options: WorkerOptions): Promise<number> {
       }
       throw error;
     }
+    session.requested = false;
     const code = await runJob(session, job, options, say);
     if (code !== WORKER_EXIT.ok) return code;
     if (!options.loop) {
@@ -119,7 +127,7 @@ async function connect(options: WorkerOptions, say: (line: string) => void): Pro
         ...(options.token === undefined ? {} : { token: options.token }),
       });
       say(`connected to ${options.remote} (${welcome.software}) as a ${options.platform} worker`);
-      return { conn, inbox, welcome };
+      return { conn, inbox, welcome, requested: false };
     } catch (error) {
       if (error instanceof ConnectionClosed) {
         say(`the connection to ${options.remote} closed during the hello (${error.reason}); retrying in ${(delay / 1000).toFixed(1)}s`
@@ -268,36 +276,43 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
     }
   }
   flush();
-  // Report first, clean up after: heartbeats go on until the server has confirmed, so a slow
-  // commit on the server or a slow clean-up here never makes a finished run look lost.
-  let confirmed = false;
-  if (!lost) {
+  // Report first, clean up while the server commits: heartbeats go on until the server has
+  // confirmed, so a slow commit on the server or a slow clean-up here never makes a finished run
+  // look lost. A --loop worker asks for its next job once clean, without waiting for the
+  // confirmation (when the server allows it): that saves a round trip per job. Asking only once
+  // clean means a worker stopped during its clean-up has no job given to it yet.
+  let confirmed: Promise<boolean> = Promise.resolve(false);
+  const reported = !lost;
+  if (reported) {
     conn.send({ type: 'finished', uuid: job.uuid, outcome: limitOutcome(outcome) });
-    try {
+    confirmed = (async () => {
       for (;;) {
         const message = await inbox.next();
-        if (message.type === 'finished-ack' && message.uuid === job.uuid) break;
+        if (message.type === 'finished-ack' && message.uuid === job.uuid) return true;
       }
-      confirmed = true;
-    } catch {
-      // Reported below.
-    }
+    })().catch(() => false);
   }
+  await sandbox.cleanUp((problem) => say(problem));
+  if (options.loop && !lost && stoppedBy === null && (welcome.features ?? []).includes('request-after-finished')) {
+    conn.send({ type: 'request-job' });
+    session.requested = true;
+  }
+  // False when the connection closed first: said below.
+  const wasConfirmed = await confirmed;
   clearInterval(heartbeat);
   inbox.listener = null;
   inbox.onClose = null;
-  await sandbox.cleanUp((problem) => say(problem));
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
   if (stoppedBy !== null) {
     conn.close();
     return 128 + (os.constants.signals[stoppedBy] ?? 15);
   }
-  if (lost) {
+  if (lost && !reported) {
     say(`lost the connection to the server while running ${job.name}; the job was stopped (the server queues it again)`);
     return WORKER_EXIT.lostServer;
   }
-  if (!confirmed) {
+  if (!wasConfirmed) {
     say(`lost the connection to the server after reporting run ${job.uuid} (${describeOutcome(outcome)}) but before it confirmed; `
       + 'if the report did not arrive, the server queues the job again');
     return WORKER_EXIT.lostServer;

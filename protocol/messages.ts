@@ -48,7 +48,7 @@ export const Welcome = z.object({
   /** Workers send a heartbeat this often (idle or running); the server answers each one. */
   heartbeatSeconds: z.number().positive(),
   maxFrameBytes: z.number().int().positive(),
-  /** What this server understands beyond its protocol version's messages: 'progress'. */
+  /** What this server understands beyond its protocol version's messages: 'progress', 'request-after-finished'. */
   features: z.array(z.string()).optional(),
 });
 export type Welcome = z.infer<typeof Welcome>;

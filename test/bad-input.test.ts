@@ -12,7 +12,7 @@ import { FrameDecoder, encodeFrame } from '../protocol/frame.js';
 import { PROTOCOL_VERSION } from '../protocol/messages.js';
 import {
   type ServerHandle, PLATFORM, client, json, killAll, ok, scheduleScript, show, startProcess, startServer, startWorker, tempDir,
-  waitForState,
+  waitFor, waitForState,
 } from './harness.js';
 import { RawPeer } from './raw-peer.js';
 
@@ -116,7 +116,7 @@ describe('malformed frames and hellos', () => {
     const welcomed = async (): Promise<RawPeer> => {
       const peer = new RawPeer(server.address);
       peer.send(workerHello);
-      expect(await peer.next()).toEqual(expect.objectContaining({ type: 'welcome', features: ['progress'] }));
+      expect(await peer.next()).toEqual(expect.objectContaining({ type: 'welcome', features: ['progress', 'request-after-finished'] }));
       return peer;
     };
     const stray = await welcomed();
@@ -222,6 +222,102 @@ describe('artifacts that try to escape', () => {
     const observed = await client(server, ['observe', uuid]);
     expect(observed.code).toBe(3);
     expect(observed.stdout).toContain('# artifacts refused: artifact "../../escaped.txt" refused');
+  });
+});
+
+describe('a worker asking for its next job before the previous one is confirmed', () => {
+  const platform = 'early-platform';
+  const queue = async (name: string): Promise<string> => {
+    fs.writeFileSync(path.join(dir, `${name}.sh`), 'true\n');
+    return (await ok(server, ['schedule', name, platform, path.join(dir, `${name}.sh`)])).trim();
+  };
+  const rawWorker = async (): Promise<RawPeer> => {
+    const peer = new RawPeer(server.address);
+    peer.send({ type: 'hello', version: PROTOCOL_VERSION, role: 'worker', software: 'raw worker', platform, hostname: 'raw', labels: [] });
+    const welcome = await peer.next();
+    expect(welcome).toMatchObject({ type: 'welcome', features: ['progress', 'request-after-finished'] });
+    return peer;
+  };
+
+  it('right after finished: the server confirms the outcome, then hands it the next run', async () => {
+    const first = await queue('early-1');
+    const second = await queue('early-2');
+    const peer = await rawWorker();
+    peer.send({ type: 'request-job' });
+    expect(await peer.next()).toMatchObject({ type: 'job', uuid: first });
+    peer.socket.write(Buffer.concat([
+      encodeFrame({ type: 'finished', uuid: first, outcome: { kind: 'exited', code: 0 } }),
+      encodeFrame({ type: 'request-job' }),
+    ]));
+    expect(await peer.next()).toEqual({ type: 'finished-ack', uuid: first });
+    expect(await peer.next()).toMatchObject({ type: 'job', uuid: second });
+    peer.send({ type: 'finished', uuid: second, outcome: { kind: 'exited', code: 1 } });
+    expect(await peer.next()).toEqual({ type: 'finished-ack', uuid: second });
+    peer.socket.destroy();
+    expect((await show(server, first)).outcome).toEqual({ kind: 'exited', code: 0 });
+    expect((await show(server, second)).outcome).toEqual({ kind: 'exited', code: 1 });
+  });
+
+  it('builder-worker asks a server without request-after-finished only once the outcome is confirmed', async () => {
+    // An older server: its welcome lists no features; it confirms each outcome 300 ms late and
+    // hands out two jobs. It records, in order, what it receives and what it sends.
+    const seen: string[] = [];
+    let given = 0;
+    const older = net.createServer((socket) => {
+      const decoder = new FrameDecoder();
+      const send = (message: Record<string, unknown>): void => {
+        seen.push(`> ${message.type as string}`);
+        socket.write(encodeFrame(message));
+      };
+      socket.on('error', () => {});
+      socket.on('data', (data) => {
+        for (const value of decoder.push(data)) {
+          const message = value as { type: string; uuid?: string };
+          if (message.type === 'heartbeat') continue;
+          seen.push(message.type);
+          if (message.type === 'hello') send({ type: 'welcome', version: PROTOCOL_VERSION, software: 'builder 0.0.9', heartbeatSeconds: 10, maxFrameBytes: 16 * 1024 * 1024 });
+          if (message.type === 'request-job' && given < 2) {
+            given++;
+            send({ type: 'job', uuid: `00000000-0000-4000-8000-00000000000${given}`, name: `old-${given}`, platform, script: 'true\n', timeoutSeconds: 60 });
+          }
+          if (message.type === 'finished') setTimeout(() => send({ type: 'finished-ack', uuid: message.uuid }), 300);
+        }
+      });
+    });
+    await new Promise<void>((resolve) => older.listen(0, '127.0.0.1', () => resolve()));
+    const worker = startWorker({ address: `127.0.0.1:${(older.address() as net.AddressInfo).port}` }, ['--loop'], platform, dir);
+    try {
+      await waitFor('the third request-job', async () => (seen.filter((type) => type === 'request-job').length === 3 ? true : null));
+      expect(seen).toEqual([
+        'hello', '> welcome', 'request-job', '> job', 'finished', '> finished-ack',
+        'request-job', '> job', 'finished', '> finished-ack', 'request-job',
+      ]);
+    } finally {
+      worker.kill('SIGKILL');
+      older.close();
+    }
+  });
+
+  it('before finished: a protocol violation, and the run is recorded lost and queued again', async () => {
+    const uuid = await queue('early-3');
+    const peer = await rawWorker();
+    peer.send({ type: 'request-job' });
+    expect(await peer.next()).toMatchObject({ type: 'job', uuid });
+    peer.send({ type: 'request-job' });
+    expect(await peer.next()).toEqual({ type: 'error', message: `request-job while run ${uuid} is not finished` });
+    await peer.closed;
+    const run = await show(server, uuid);
+    expect(run.state).toBe('finished');
+    expect(run.outcome).toMatchObject({ kind: 'worker-lost', message: expect.stringMatching(/sent an invalid message: request-job while run .* is not finished$/) });
+    // The job is queued again: a well-behaved worker runs it.
+    const again = await rawWorker();
+    again.send({ type: 'request-job' });
+    const job = await again.next();
+    expect(job).toMatchObject({ type: 'job', name: 'early-3' });
+    expect(job.uuid).not.toBe(uuid);
+    again.send({ type: 'finished', uuid: job.uuid, outcome: { kind: 'exited', code: 0 } });
+    expect(await again.next()).toEqual({ type: 'finished-ack', uuid: job.uuid });
+    again.socket.destroy();
   });
 });
 
