@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { TarSource } from '../protocol/artifacts.js';
 import type { Outcome } from '../protocol/types.js';
-import { PROGRESS_NAME, SCRIPT_NAME, TOOLS_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectory } from './job-directory.js';
+import { PROGRESS_NAME, SCRIPT_NAME, TOOLS_NAME, collectJobDirectory, makeJobDirectory, removeJobDirectorySoon } from './job-directory.js';
 import { LineSplitter, pauseOutput } from './line-splitter.js';
 import type { JobSpec, KillReason, RunHooks, Sandbox } from './sandbox.js';
 
@@ -224,6 +224,6 @@ export class ProcessSandbox implements Sandbox {
     if (this.dir === null) return;
     const dir = this.dir;
     this.dir = null;
-    await removeJobDirectory(dir, report);
+    removeJobDirectorySoon(dir, report);
   }
 }

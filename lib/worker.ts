@@ -12,6 +12,7 @@ import { type JobAssignment, ServerToWorker, type Welcome } from '../protocol/me
 import { pushChunk } from '../protocol/console-chunks.js';
 import type { ConsoleChunk, Outcome } from '../protocol/types.js';
 import { describeOutcome, limitMessage } from '../protocol/types.js';
+import { jobDirectoriesRemoved } from './job-directory.js';
 import { ProgressWatcher } from './progress.js';
 import type { Sandbox } from './sandbox.js';
 import { ProcessSandbox } from './sandbox-process.js';
@@ -63,6 +64,15 @@ const OUTPUT_BATCH_MS = 20;
 const OUTPUT_BATCH_BYTES = 256 * 1024;
 
 export async function runWorker(options: WorkerOptions): Promise<number> {
+  try {
+    return await serveJobs(options);
+  } finally {
+    // Job directories are removed in the background (see removeJobDirectorySoon): not left behind.
+    await jobDirectoriesRemoved();
+  }
+}
+
+async function serveJobs(options: WorkerOptions): Promise<number> {
   const say = options.say ?? ((line: string) => process.stderr.write(`builder-worker: ${line}\n`));
   let session: Session | null = null;
   for (;;) {

@@ -215,6 +215,26 @@ describe('schedule → run → observe → fetch', () => {
     expect(fs.readdirSync(tmp)).toEqual([]);
   });
 
+  it('removes what a job leaves however it protects it, small tree or big, and follows no link out', async () => {
+    const outside = path.join(dir, 'outside-target');
+    fs.mkdirSync(outside, { recursive: true });
+    fs.writeFileSync(path.join(outside, 'keep.txt'), 'keep\n');
+    for (const [name, files] of [['small', 3], ['big', 2500]] as const) {
+      const tmp = path.join(dir, `remove-${name}-tmp`);
+      fs.mkdirSync(tmp);
+      const uuid = await scheduleScript(server, dir, `remove-${name}`, [
+        `mkdir -p locked/inner sealed many && echo x > locked/inner/f && echo y > sealed/g`,
+        `i=0; while [ $i -lt ${files} ]; do : > many/f$i; i=$((i+1)); done`,
+        `ln -s ${outside} link-dir && ln -s ${outside}/keep.txt link-file`,
+        'chmod 500 locked/inner locked . && chmod 000 sealed',
+      ].join('\n') + '\n');
+      expect((await startWorker(server, [], PLATFORM, tmp).exit).code).toBe(0);
+      expect((await show(server, uuid)).outcome).toEqual({ kind: 'exited', code: 0 });
+      expect(fs.readdirSync(tmp)).toEqual([]);
+    }
+    expect(fs.readFileSync(path.join(outside, 'keep.txt'), 'utf8')).toBe('keep\n');
+  });
+
   it('keeps carriage returns inside lines, live and replayed alike', async () => {
     const uuid = await scheduleScript(server, dir, 'progress', "printf 'dl 10\\rdl 100\\n'\nprintf 'x\\r1 b injected note\\n'\n");
     const live = client(server, ['observe', uuid, '--raw']);
