@@ -18,12 +18,17 @@
  *   read stream piped into the socket) to a receiver process (the socket piped into a file write
  *   stream), timed by the receiver from the connection to the file's last write, in the same run.
  *
+ * Every timed transfer, ours and the baseline's, starts with the page cache written back (`sync`; the
+ * job runs it after writing its files). The benchmark writes several GiB in a row, and a transfer
+ * that met the writeback of the previous ones was throttled to the disk's own speed (about 400 MB/s
+ * on the machine of BENCHMARKS.md), whichever side it was, which measured the order, not the code.
+ *
  * Memory: the worker's and the server's peak RSS during the big transfer (the server's high-water
  * mark is reset just before, via /proc/PID/clear_refs). A file is streamed, never held: both must
  * stay under 200 MB — an idle worker or server is 60–90 MB, which leaves room for socket and parser
  * buffers and garbage not yet collected, but not for even the quick run's 128 MiB file.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -138,6 +143,7 @@ export async function artifacts({ quick, tmp }: BenchOptions): Promise<Result[]>
   // files just written being flushed) as they do; the median of the three counts.
   const baselines: number[] = [];
   const baseline = async (): Promise<void> => {
+    execFileSync('sync');
     baselines.push(await rawTcp(source, path.join(tmp, 'baseline.bin')));
     fs.rmSync(path.join(tmp, 'baseline.bin'));
   };
@@ -153,7 +159,7 @@ export async function artifacts({ quick, tmp }: BenchOptions): Promise<Result[]>
 
     // One big file: the job copies it into its directory (the copy is before the script's end).
     resetPeak(serverPid);
-    const big = await runJob(server, client, 'artifacts-big', `cp ${source} big.bin`);
+    const big = await runJob(server, client, 'artifacts-big', `cp ${source} big.bin\nsync`);
     const workerPeak = memoryOf(workerPid).peakMb;
     const uploadPeak = memoryOf(serverPid).peakMb;
     const stored = big.run.artifacts;
@@ -162,6 +168,7 @@ export async function artifacts({ quick, tmp }: BenchOptions): Promise<Result[]>
     }
     await baseline();
     resetPeak(serverPid);
+    execFileSync('sync');
     const bigFetchMs = await fetchRun(server, big.run.uuid, path.join(tmp, 'fetched-big'));
     const fetchPeak = memoryOf(serverPid).peakMb;
     if ((await sha256Of(path.join(tmp, 'fetched-big', 'big.bin'))) !== sourceSha) throw new Error('the fetched big.bin differs from the original');

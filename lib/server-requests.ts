@@ -195,7 +195,7 @@ export async function handleClientMessage(context: ServerContext, conn: Connecti
         }));
         for await (const chunk of tarStream(sources)) {
           if (conn.isClosed) return;
-          if (!conn.send({ type: 'data', id: message.id, chunk })) await conn.drained();
+          await conn.sendWritten({ type: 'data', id: message.id, chunk });
         }
         conn.send({ type: 'data-end', id: message.id });
         return;

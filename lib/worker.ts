@@ -278,7 +278,7 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
     try {
       for await (const chunk of tarStream(sandbox.collect(note))) {
         if (lost) break;
-        if (!conn.send({ type: 'upload', uuid: job.uuid, chunk })) await conn.drained();
+        await conn.sendWritten({ type: 'upload', uuid: job.uuid, chunk });
       }
     } catch (error) {
       note(`cannot upload artifacts: ${(error as Error).message}`);

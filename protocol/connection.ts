@@ -72,6 +72,27 @@ export class Connection {
     return room;
   }
 
+  /**
+   * Sends one message and resolves once the socket has handed all of it to the kernel (or the
+   * connection has closed): from then on, a `chunk` it carried may be reused. Senders of artifact
+   * streams use it, so that file data can be read into the same buffers again instead of new ones
+   * (each a megabyte the garbage collector would have to notice). It also waits out backpressure.
+   */
+  sendWritten(message: AnyMessage): Promise<void> {
+    if (this.closed || this.socket.destroyed) return Promise.resolve();
+    const parts = encodeFrameParts(message);
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.once('close', done);
+      this.socket.cork();
+      parts.forEach((part, i) => this.socket.write(part, i === parts.length - 1 ? done : undefined));
+      this.socket.uncork();
+    });
+  }
+
   /** Resolves once the socket's write buffer has been flushed (or the connection closed). */
   drained(): Promise<void> {
     if (this.closed || !this.socket.writableNeedDrain) return Promise.resolve();
