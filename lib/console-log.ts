@@ -32,6 +32,13 @@ export function parseLine(text: string): ConsoleLine | null {
 }
 
 /**
+ * Every console write is encoded into this one buffer, which gives its length in bytes with the
+ * encoding: a string handed to fs.writeSync is encoded just the same, but its length (for the
+ * file's size, which observers' offsets count in) took a second pass over every byte.
+ */
+let scratch = Buffer.allocUnsafeSlow(256 * 1024);
+
+/**
  * The console file of one running run, created by its first line: a run that prints nothing costs
  * no file (and, with --strict, no fsync).
  */
@@ -54,9 +61,9 @@ export class ConsoleWriter {
       // A run dispatched again after a crash (before its start was committed) starts afresh: truncate.
       this.fd = fs.openSync(this.file, 'w');
     }
-    // Written as strings, a chunk at a time: Node encodes each straight into the write, with no
-    // Buffer of ours to fill first (that copy was a tenth of the server's work for a fast console),
-    // and no string is so long that the heap keeps it until a full collection (see pushChunk).
+    // Written a chunk at a time, each encoded into the one scratch buffer: no Buffer per write
+    // (allocating and filling those was a tenth of the server's work for a fast console), and no
+    // string is so long that the heap keeps it until a full collection (see pushChunk).
     let written = 0;
     try {
       for (const chunk of chunks) {
@@ -72,13 +79,11 @@ export class ConsoleWriter {
 
   /** Writes one string in full; returns its length in bytes. */
   private write(text: string): number {
-    const bytes = Buffer.byteLength(text);
-    let written = fs.writeSync(this.fd, text);
-    if (written < bytes) {
-      // A short write (a nearly full disk): the rest, from where it stopped.
-      const rest = Buffer.from(text);
-      while (written < bytes) written += fs.writeSync(this.fd, rest, written);
-    }
+    // UTF-8 takes at most 3 bytes per UTF-16 unit: the whole string fits.
+    if (text.length * 3 > scratch.length) scratch = Buffer.allocUnsafeSlow(text.length * 3);
+    const bytes = scratch.write(text);
+    // A short write (a nearly full disk) goes on from where it stopped.
+    for (let written = 0; written < bytes;) written += fs.writeSync(this.fd, scratch, written, bytes - written);
     return bytes;
   }
 

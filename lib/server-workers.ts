@@ -639,16 +639,29 @@ export class Dispatcher {
     const { maxLineBytes, maxConsoleBytes } = this.context.options;
     if (run.consoleFull) return { chunks: [], lines: 0 };
     const kept: ConsoleChunk[] = [];
+    /** The lines of each chunk in `kept`. */
+    const keptStats: number[] = [];
     let keptLines = 0;
     let bytes = run.console.bytes;
+    // Each line counts its UTF-8 bytes and 16 more; the chunk's (lines - 1) joining \n are not lines'
+    // bytes. Far from the limit, 3 bytes per UTF-16 unit (UTF-8's most) is counted instead: the exact
+    // count is a pass over every byte, and is made only once a chunk might not fit.
+    const chunkBytes = (text: string, lines: number, exact: boolean): number =>
+      (exact ? Buffer.byteLength(text) : 3 * text.length) - (lines - 1) + 16 * lines;
+    let exact = false;
     for (const chunk of chunks) {
       const { lines, longest } = lineStats(chunk.text);
-      // Each line counts its UTF-8 bytes and 16 more; the chunk's (lines - 1) joining \n are not lines' bytes.
-      const chunkBytes = Buffer.byteLength(chunk.text) - (lines - 1) + 16 * lines;
-      if (longest <= maxLineBytes / 4 && bytes + chunkBytes <= maxConsoleBytes) {
+      if (!exact && bytes + chunkBytes(chunk.text, lines, false) > maxConsoleBytes) {
+        exact = true;
+        bytes = run.console.bytes;
+        for (const [i, earlier] of kept.entries()) bytes += chunkBytes(earlier.text, keptStats[i]!, true);
+      }
+      const size = chunkBytes(chunk.text, lines, exact);
+      if (longest <= maxLineBytes / 4 && bytes + size <= maxConsoleBytes) {
         kept.push(chunk);
+        keptStats.push(lines);
         keptLines += lines;
-        bytes += chunkBytes;
+        bytes += size;
         continue;
       }
       const texts: string[] = [];
@@ -668,6 +681,7 @@ export class Dispatcher {
         texts.push(text);
       }
       kept.push({ ...chunk, text: texts.join('\n') });
+      keptStats.push(texts.length);
       keptLines += texts.length;
     }
     return { chunks: kept, lines: keptLines };

@@ -53,6 +53,19 @@ describe('limits', () => {
     expect(fs.statSync(path.join(dir, 'state', 'console', uuid.slice(0, 2), `${uuid}.log`)).size).toBeLessThanOrEqual(8192 + 200);
   });
 
+  it('counts a console\'s bytes exactly near --max-console-bytes, multi-byte characters and all', async () => {
+    // 1,000 lines of 14 bytes (9 characters, 5 of them two bytes long) at once. Each line counts its
+    // bytes and 16 more (at most 30); counted as 3 bytes per character (43), fewer than 191 would be kept.
+    const uuid = await scheduleScript(server, dir, 'accents', "i=1000; while [ $i -lt 2000 ]; do echo \"ééééé$i\"; i=$((i+1)); done\n");
+    expect((await waitForState(server, uuid, 'finished')).outcome).toEqual({ kind: 'exited', code: 0 });
+    const lines = await consoleOf(server, uuid);
+    expect(lines.at(-1)).toEqual({ stream: '#', text: 'console limit of 8192 bytes reached: the rest of this run\'s output is not kept (--max-console-bytes)' });
+    const kept = lines.slice(0, -1).map((line) => line.text);
+    expect(kept).toEqual(Array.from({ length: kept.length }, (_, i) => `ééééé${1000 + i}`));
+    expect(kept.length).toBeGreaterThanOrEqual(200);
+    expect(fs.statSync(path.join(dir, 'state', 'console', uuid.slice(0, 2), `${uuid}.log`)).size).toBeLessThanOrEqual(8192 + 200);
+  });
+
   it('refuses a run\'s artifacts over --max-run-artifact-bytes in all', async () => {
     const uuid = await scheduleScript(server, dir, 'big-artifacts', 'head -c 60000 /dev/zero > a.bin\nhead -c 60000 /dev/zero > b.bin\n');
     const run = await waitForState(server, uuid, 'finished');
