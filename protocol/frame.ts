@@ -3,7 +3,7 @@
  * The decoder accepts bytes in whatever pieces TCP delivers them and refuses a frame whose declared
  * length is over the maximum as soon as the 4 length bytes are in, before buffering any of it.
  */
-import { C1, Packr } from 'msgpackr';
+import { C1, Packr, RESERVE_START_SPACE } from 'msgpackr';
 
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
@@ -23,10 +23,11 @@ function containsC1(value: unknown, depth = 0): boolean {
 export class FrameError extends Error {}
 
 export function encodeFrame(value: unknown): Buffer {
-  const body = packr.pack(value);
-  const frame = Buffer.allocUnsafe(4 + body.length);
-  frame.writeUInt32BE(body.length, 0);
-  body.copy(frame, 4);
+  // msgpackr leaves the 4 bytes of the length free before the body: no copy into a frame of our own
+  // (for a worker's 256 KiB console batches, that copy and its garbage were a sixth of its work).
+  // What pack returns is never written to again: the next pack goes on after it, or in a new buffer.
+  const frame = packr.pack(value, RESERVE_START_SPACE | 4);
+  frame.writeUInt32BE(frame.length - 4, 0);
   return frame;
 }
 

@@ -61,6 +61,15 @@ describe('encodeFrame / decodeBody', () => {
     expect(decodeBody(frame.subarray(4))).toEqual({ type: 'ok', id: 7, message: 'fine' });
   });
 
+  it('gives frames that later encodings never overwrite, big and small', () => {
+    const values = [{ type: 'a', text: 'x'.repeat(100) }, { type: 'b', text: 'y'.repeat(300_000) }, { type: 'c', n: 1 }];
+    const frames = Array.from({ length: 50 }, (_, i) => encodeFrame(values[i % values.length]));
+    const copies = frames.map((frame) => Buffer.from(frame));
+    for (let i = 0; i < 200; i++) encodeFrame({ type: 'later', text: 'z'.repeat(i * 997) });
+    expect(frames).toEqual(copies);
+    frames.forEach((frame, i) => expect(decodeBody(frame.subarray(4))).toEqual(values[i % values.length]));
+  });
+
   it('encodes a known value to the exact plain msgpack bytes (map with string keys, no record extension)', () => {
     const body = encodeFrame({ a: 1 }).subarray(4).toString('hex');
     // a msgpack map (fixmap 0x81 or map16 0xde 0x0001) of "a" => 1; never a msgpackr record extension
