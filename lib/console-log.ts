@@ -37,6 +37,8 @@ export function parseLine(text: string): ConsoleLine | null {
  * file's size, which observers' offsets count in) took a second pass over every byte.
  */
 let scratch = Buffer.allocUnsafeSlow(256 * 1024);
+/** The scratch buffer grows up to this size (a chunk of 64 Ki characters with many short lines fits). */
+const MAX_SCRATCH_BYTES = 2 * 1024 * 1024;
 
 /**
  * The console file of one running run, created by its first line: a run that prints nothing costs
@@ -79,11 +81,14 @@ export class ConsoleWriter {
 
   /** Writes one string in full; returns its length in bytes. */
   private write(text: string): number {
-    // UTF-8 takes at most 3 bytes per UTF-16 unit: the whole string fits.
-    if (text.length * 3 > scratch.length) scratch = Buffer.allocUnsafeSlow(text.length * 3);
-    const bytes = scratch.write(text);
+    // UTF-8 takes at most 3 bytes per UTF-16 unit: the whole string fits. A rare bigger string
+    // gets a buffer of its own, so that the scratch buffer stays small.
+    const needed = text.length * 3;
+    if (needed > scratch.length && needed <= MAX_SCRATCH_BYTES) scratch = Buffer.allocUnsafeSlow(needed);
+    const buffer = needed <= scratch.length ? scratch : Buffer.from(text);
+    const bytes = buffer === scratch ? scratch.write(text) : buffer.length;
     // A short write (a nearly full disk) goes on from where it stopped.
-    for (let written = 0; written < bytes;) written += fs.writeSync(this.fd, scratch, written, bytes - written);
+    for (let written = 0; written < bytes;) written += fs.writeSync(this.fd, buffer, written, bytes - written);
     return bytes;
   }
 

@@ -91,22 +91,45 @@ export async function removeJobDirectory(dir: string, report: (problem: string) 
 const removals = new Set<Promise<void>>();
 
 /**
- * Removes a job's directory without making the caller wait: it is renamed to DIR.removing at once
- * (the job's path is free and nothing of it is collected any more) and removed after this turn of
- * the event loop, while a --loop worker waits for its next job. Each rmdir waits on the file
- * system's journal, 0.1–0.4 ms with barely any CPU, and asking for the next job need not wait for
- * that. `jobDirectoriesRemoved` waits until every such removal is done (before the worker exits).
+ * Removes a job's directory without making the caller wait for all of it: it is renamed to
+ * DIR.removing at once (the job's path is free and nothing of it is collected any more), its files
+ * are unlinked now (a few microseconds each), and its directories are removed through the thread
+ * pool, while a --loop worker asks for and starts its next job: each rmdir waits on the file
+ * system's journal, 0.1–0.4 ms with barely any CPU. A bigger tree is removed asynchronously.
+ * `jobDirectoriesRemoved` waits until every such removal is done (before the worker exits).
  */
 export function removeJobDirectorySoon(dir: string, report: (problem: string) => void): void {
   let doomed = dir;
   try {
-    fs.renameSync(dir, `${dir}.removing`);
-    doomed = `${dir}.removing`;
+    fs.renameSync(dir, `${dir}${REMOVING}`);
+    doomed = `${dir}${REMOVING}`;
   } catch {
     // Removed where it is, then.
   }
-  const removal = removeJobDirectory(doomed, report).finally(() => removals.delete(removal));
-  removals.add(removal);
+  track(removeJobDirectory(doomed, report));
+}
+
+/**
+ * Removes, in the background, the DIR.removing directories a worker left under `base` when it was
+ * killed before it had removed them. Another worker removing the same one meanwhile does no harm.
+ */
+export function removeLeftoverJobDirectories(base: string, report: (problem: string) => void): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(base);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (name.startsWith('builder-') && name.endsWith(REMOVING)) track(removeJobDirectory(path.join(base, name), report));
+  }
+}
+
+const REMOVING = '.removing';
+
+function track(removal: Promise<void>): void {
+  const tracked = removal.finally(() => removals.delete(tracked));
+  removals.add(tracked);
 }
 
 /** Resolves once every removal removeJobDirectorySoon started is done. */

@@ -651,7 +651,9 @@ export class Dispatcher {
     let exact = false;
     for (const chunk of chunks) {
       const { lines, longest } = lineStats(chunk.text);
-      if (!exact && bytes + chunkBytes(chunk.text, lines, false) > maxConsoleBytes) {
+      // Exact from here on when the chunk might not fit, or has a line to cut (a cut line may hold
+      // more bytes than the estimate of its share).
+      if (!exact && (longest > maxLineBytes / 4 || bytes + chunkBytes(chunk.text, lines, false) > maxConsoleBytes)) {
         exact = true;
         bytes = run.console.bytes;
         for (const [i, earlier] of kept.entries()) bytes += chunkBytes(earlier.text, keptStats[i]!, true);

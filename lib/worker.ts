@@ -12,7 +12,7 @@ import { type JobAssignment, ServerToWorker, type Welcome } from '../protocol/me
 import { pushChunk } from '../protocol/console-chunks.js';
 import type { ConsoleChunk, Outcome } from '../protocol/types.js';
 import { describeOutcome, limitMessage } from '../protocol/types.js';
-import { jobDirectoriesRemoved } from './job-directory.js';
+import { jobDirectoriesRemoved, removeLeftoverJobDirectories } from './job-directory.js';
 import { ProgressWatcher } from './progress.js';
 import type { Sandbox } from './sandbox.js';
 import { ProcessSandbox } from './sandbox-process.js';
@@ -64,16 +64,18 @@ const OUTPUT_BATCH_MS = 20;
 const OUTPUT_BATCH_BYTES = 256 * 1024;
 
 export async function runWorker(options: WorkerOptions): Promise<number> {
+  const say = options.say ?? ((line: string) => process.stderr.write(`builder-worker: ${line}\n`));
+  // Directories a worker killed before it had removed them (see removeJobDirectorySoon).
+  removeLeftoverJobDirectories(options.tmpDir ?? os.tmpdir(), say);
   try {
-    return await serveJobs(options);
+    return await serveJobs(options, say);
   } finally {
     // Job directories are removed in the background (see removeJobDirectorySoon): not left behind.
     await jobDirectoriesRemoved();
   }
 }
 
-async function serveJobs(options: WorkerOptions): Promise<number> {
-  const say = options.say ?? ((line: string) => process.stderr.write(`builder-worker: ${line}\n`));
+async function serveJobs(options: WorkerOptions, say: (line: string) => void): Promise<number> {
   let session: Session | null = null;
   for (;;) {
     if (session === null || session.conn.isClosed) {
@@ -93,6 +95,7 @@ async function serveJobs(options: WorkerOptions): Promise<number> {
     try {
       job = await nextJob(session, say);
     } catch (error) {
+      if (error instanceof Stopped) return 128 + (os.constants.signals[error.signal] ?? 15);
       if (error instanceof ConnectionClosed) {
         if (error.fatal !== null) {
           say(`the server closed the connection: ${error.fatal}`);
@@ -157,6 +160,15 @@ async function connect(options: WorkerOptions, say: (line: string) => void): Pro
  */
 async function nextJob(session: Session, say: (line: string) => void): Promise<JobAssignment> {
   const { conn, inbox, welcome } = session;
+  // Stopped while idle (service stop, Ctrl-C): there is nothing to report, but the directories of
+  // earlier jobs may still be being removed, which runWorker waits for before the worker exits.
+  let stoppedBy: NodeJS.Signals | null = null;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    stoppedBy = signal;
+    conn.close();
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
   const beat = setInterval(() => {
     if (serverSilent(inbox, welcome)) {
       say(`no answer from the server for ${3 * welcome.heartbeatSeconds}s while idle`);
@@ -167,12 +179,26 @@ async function nextJob(session: Session, say: (line: string) => void): Promise<J
   }, welcome.heartbeatSeconds * 1000);
   try {
     for (;;) {
-      const message = await inbox.next();
+      const message = await inbox.next().catch((error: unknown) => {
+        throw stoppedBy === null ? error : new Stopped(stoppedBy);
+      });
+      // A job that came with the signal is not started: the server has seen the connection close
+      // and queues it again.
+      if (stoppedBy !== null) throw new Stopped(stoppedBy);
       if (message.type === 'job') return message;
       // Anything else while idle (heartbeat acks, a late cancel) needs no answer.
     }
   } finally {
     clearInterval(beat);
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
+}
+
+/** The worker was stopped by `signal` while it waited for a job. */
+class Stopped extends Error {
+  constructor(readonly signal: NodeJS.Signals) {
+    super(`stopped by ${signal}`);
   }
 }
 
@@ -191,9 +217,19 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   // server records the run as worker lost when the connection closes, and queues the job again.
   // The job is cleaned up as usual below, then the worker exits 128 + the signal's number.
   let stoppedBy: NodeJS.Signals | null = null;
+  /** `finished` was sent; and a request-job after it (see below). */
+  let reported = false;
+  let askedEarly = false;
   const onSignal = (signal: NodeJS.Signals): void => {
-    say(`${signal}: stopping ${job.name} (run ${job.uuid}); the server queues it again`);
     stoppedBy = signal;
+    if (reported) {
+      say(`${signal}: stopping after run ${job.uuid} of ${job.name}, which is reported`);
+      // Having asked for its next job, the worker leaves at once, before the server can hand it one
+      // (which would be recorded as worker lost). The reported outcome is committed all the same.
+      if (askedEarly) conn.close();
+      return;
+    }
+    say(`${signal}: stopping ${job.name} (run ${job.uuid}); the server queues it again`);
     lost = true;
     sandbox.kill({ kind: 'lost' });
   };
@@ -292,13 +328,19 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   // confirmation (when the server allows it): that saves a round trip per job. Asking only once
   // clean means a worker stopped during its clean-up has no job given to it yet.
   let confirmed: Promise<boolean> = Promise.resolve(false);
-  const reported = !lost;
-  if (reported) {
+  if (!lost) {
     conn.send({ type: 'finished', uuid: job.uuid, outcome: limitOutcome(outcome) });
+    reported = true;
     confirmed = (async () => {
       for (;;) {
         const message = await inbox.next();
         if (message.type === 'finished-ack' && message.uuid === job.uuid) return true;
+        if (message.type === 'job') {
+          // A server hands out the next job only after confirming: this one breaks the protocol.
+          say(`the server sent job ${message.uuid} before confirming run ${job.uuid}; closing the connection`);
+          conn.close();
+          return false;
+        }
       }
     })().catch(() => false);
   }
@@ -306,6 +348,7 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   if (options.loop && !lost && stoppedBy === null && (welcome.features ?? []).includes('request-after-finished')) {
     conn.send({ type: 'request-job' });
     session.requested = true;
+    askedEarly = true;
   }
   // False when the connection closed first: said below.
   const wasConfirmed = await confirmed;

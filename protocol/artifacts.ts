@@ -43,13 +43,20 @@ export async function* fileChunks(file: string, size: number, flags = 0): AsyncG
   // One byte more than the file holds: a file that grew is still read to its end (and refused).
   const length = Math.min(READ_BYTES, size + 1);
   const buffers = [Buffer.allocUnsafeSlow(length), Buffer.allocUnsafeSlow(length)] as const;
-  let reading = readInto(fd, buffers[0]);
+  // A read that fails while the caller still sends the previous chunk fails the caller's next
+  // request; until then the rejection is held here, not left unhandled (which would end the process).
+  const read = (buffer: Buffer): Promise<number> => {
+    const promise = readInto(fd, buffer);
+    promise.catch(() => {});
+    return promise;
+  };
+  let reading = read(buffers[0]);
   try {
     for (let turn = 0; ; turn ^= 1) {
       const bytes = await reading;
       if (bytes === 0) return;
       // The caller is done with the other buffer: it asked for this chunk.
-      reading = readInto(fd, buffers[turn ^ 1]);
+      reading = read(buffers[turn ^ 1]);
       yield buffers[turn].subarray(0, bytes);
     }
   } finally {

@@ -21,6 +21,8 @@ export class Connection {
   private handlers: ConnectionHandlers | null = null;
   private early: unknown[] = [];
   private closeReason: string | null = null;
+  /** sendWritten calls whose bytes are not yet with the kernel. */
+  private readonly writeWaiters = new Set<() => void>();
   readonly peer: string;
 
   constructor(readonly socket: net.Socket, maxFrameBytes: number = DEFAULT_MAX_FRAME_BYTES) {
@@ -31,7 +33,11 @@ export class Connection {
     socket.setKeepAlive(true, 30_000);
     socket.on('data', (data: Buffer) => this.receive(data));
     socket.on('error', (error: NodeJS.ErrnoException) => this.finish(error.code ?? error.message));
-    socket.on('close', () => this.finish('connection closed'));
+    socket.on('close', () => {
+      // Nothing more leaves a closed socket: senders waiting for their bytes to go may go on.
+      for (const waiter of [...this.writeWaiters]) waiter();
+      this.finish('connection closed');
+    });
     socket.on('end', () => {
       if (this.decoder.pending > 0) this.finish('connection closed in the middle of a frame');
       socket.end();
@@ -83,10 +89,10 @@ export class Connection {
     const parts = encodeFrameParts(message);
     return new Promise((resolve) => {
       const done = (): void => {
-        this.socket.off('close', done);
+        this.writeWaiters.delete(done);
         resolve();
       };
-      this.socket.once('close', done);
+      this.writeWaiters.add(done);
       this.socket.cork();
       parts.forEach((part, i) => this.socket.write(part, i === parts.length - 1 ? done : undefined));
       this.socket.uncork();

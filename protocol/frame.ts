@@ -28,8 +28,14 @@ export function encodeFrame(value: unknown): Buffer {
   // What pack returns is never written to again: the next pack goes on after it, or in a new buffer.
   const frame = packr.pack(value, RESERVE_START_SPACE | 4);
   frame.writeUInt32BE(frame.length - 4, 0);
-  return frame;
+  // But it is a view of msgpackr's buffer, which grows to several times the biggest message packed
+  // so far: a small frame that is kept (an observer's message head) would keep all of it. Copying
+  // a small one costs next to nothing.
+  return frame.length <= SMALL_FRAME_BYTES ? Buffer.from(frame) : frame;
 }
+
+/** Frames up to this size are copied out of msgpackr's buffer (see encodeFrame). */
+const SMALL_FRAME_BYTES = 16 * 1024;
 
 /** A `chunk` of bytes at least this long is not copied into its frame (see encodeFrameParts). */
 const UNCOPIED_CHUNK_BYTES = 4096;

@@ -258,43 +258,94 @@ describe('a worker asking for its next job before the previous one is confirmed'
     expect((await show(server, second)).outcome).toEqual({ kind: 'exited', code: 1 });
   });
 
-  it('builder-worker asks a server without request-after-finished only once the outcome is confirmed', async () => {
-    // An older server: its welcome lists no features; it confirms each outcome 300 ms late and
-    // hands out two jobs. It records, in order, what it receives and what it sends.
+  /**
+   * A scripted server for a real builder-worker: it lists `features`, hands out `jobs` jobs, confirms
+   * each outcome `ackMs` late, and records in order what it receives and sends (heartbeats aside).
+   */
+  const scriptedServer = async (features: string[] | undefined, jobs: number, ackMs: number) => {
     const seen: string[] = [];
     let given = 0;
-    const older = net.createServer((socket) => {
+    const srv = net.createServer((socket) => {
       const decoder = new FrameDecoder();
       const send = (message: Record<string, unknown>): void => {
+        if (socket.destroyed) return;
         seen.push(`> ${message.type as string}`);
         socket.write(encodeFrame(message));
       };
+      let acking = false;
+      let waiting = false;
+      const giveJob = (): void => {
+        if (given >= jobs) return;
+        given++;
+        send({ type: 'job', uuid: `00000000-0000-4000-8000-00000000000${given}`, name: `scripted-${given}`, platform, script: 'true\n', timeoutSeconds: 60 });
+      };
       socket.on('error', () => {});
+      socket.on('close', () => seen.push('closed'));
       socket.on('data', (data) => {
         for (const value of decoder.push(data)) {
           const message = value as { type: string; uuid?: string };
           if (message.type === 'heartbeat') continue;
           seen.push(message.type);
-          if (message.type === 'hello') send({ type: 'welcome', version: PROTOCOL_VERSION, software: 'builder 0.0.9', heartbeatSeconds: 10, maxFrameBytes: 16 * 1024 * 1024 });
-          if (message.type === 'request-job' && given < 2) {
-            given++;
-            send({ type: 'job', uuid: `00000000-0000-4000-8000-00000000000${given}`, name: `old-${given}`, platform, script: 'true\n', timeoutSeconds: 60 });
+          if (message.type === 'hello') {
+            send({ type: 'welcome', version: PROTOCOL_VERSION, software: 'builder 0.0.9', heartbeatSeconds: 10, maxFrameBytes: 16 * 1024 * 1024, ...(features === undefined ? {} : { features }) });
           }
-          if (message.type === 'finished') setTimeout(() => send({ type: 'finished-ack', uuid: message.uuid }), 300);
+          // As a real server: a request that comes before the outcome is confirmed waits for that.
+          if (message.type === 'request-job') {
+            if (acking) waiting = true;
+            else giveJob();
+          }
+          if (message.type === 'finished') {
+            acking = true;
+            setTimeout(() => {
+              send({ type: 'finished-ack', uuid: message.uuid });
+              acking = false;
+              if (waiting) giveJob();
+              waiting = false;
+            }, ackMs);
+          }
         }
       });
     });
-    await new Promise<void>((resolve) => older.listen(0, '127.0.0.1', () => resolve()));
-    const worker = startWorker({ address: `127.0.0.1:${(older.address() as net.AddressInfo).port}` }, ['--loop'], platform, dir);
+    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', () => resolve()));
+    return { seen, address: `127.0.0.1:${(srv.address() as net.AddressInfo).port}`, close: () => srv.close() };
+  };
+  const count = (seen: string[], type: string): number => seen.filter((entry) => entry === type).length;
+
+  it('builder-worker asks a server without request-after-finished only once the outcome is confirmed; stopped idle, it exits 143', async () => {
+    const older = await scriptedServer(undefined, 2, 300);
+    const worker = startWorker(older, ['--loop'], platform, dir);
     try {
-      await waitFor('the third request-job', async () => (seen.filter((type) => type === 'request-job').length === 3 ? true : null));
-      expect(seen).toEqual([
+      await waitFor('the third request-job', async () => (count(older.seen, 'request-job') === 3 ? true : null));
+      expect(older.seen).toEqual([
         'hello', '> welcome', 'request-job', '> job', 'finished', '> finished-ack',
         'request-job', '> job', 'finished', '> finished-ack', 'request-job',
       ]);
+      // Idle now: a service stop closes the connection and exits 128 + SIGTERM.
+      worker.kill('SIGTERM');
+      expect((await worker.exit).code).toBe(143);
+      await waitFor('the connection to close', async () => (older.seen.includes('closed') ? true : null));
     } finally {
       worker.kill('SIGKILL');
       older.close();
+    }
+  });
+
+  it('builder-worker stopped after asking early leaves before the server can hand it a job', async () => {
+    // The outcome is confirmed 2 s late; the worker has asked for its next job long before.
+    const slow = await scriptedServer(['progress', 'request-after-finished'], 2, 2000);
+    const worker = startWorker(slow, ['--loop'], platform, dir);
+    try {
+      await waitFor('the early request-job', async () => (count(slow.seen, 'request-job') === 2 ? true : null));
+      expect(slow.seen).toEqual(['hello', '> welcome', 'request-job', '> job', 'finished', 'request-job']);
+      worker.kill('SIGTERM');
+      expect((await worker.exit).code).toBe(143);
+      expect(worker.stderr).toContain('SIGTERM: stopping after run 00000000-0000-4000-8000-000000000001 of scripted-1, which is reported');
+      await waitFor('the connection to close', async () => (slow.seen.includes('closed') ? true : null));
+      // It closed before the acknowledgement, so no second job was handed to it.
+      expect(slow.seen).toEqual(['hello', '> welcome', 'request-job', '> job', 'finished', 'request-job', 'closed']);
+    } finally {
+      worker.kill('SIGKILL');
+      slow.close();
     }
   });
 

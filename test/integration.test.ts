@@ -235,6 +235,18 @@ describe('schedule → run → observe → fetch', () => {
     expect(fs.readFileSync(path.join(outside, 'keep.txt'), 'utf8')).toBe('keep\n');
   });
 
+  it('removes at start the job directories a killed worker left being removed, and nothing else', async () => {
+    const tmp = path.join(dir, 'leftover-tmp');
+    fs.mkdirSync(path.join(tmp, 'builder-Ab12Cd.removing', 'deep', 'er'), { recursive: true });
+    fs.writeFileSync(path.join(tmp, 'builder-Ab12Cd.removing', 'deep', 'er', 'secret.txt'), 'left behind\n');
+    fs.mkdirSync(path.join(tmp, 'builder-not-ours'));
+    fs.writeFileSync(path.join(tmp, 'other.removing'), 'not a job directory\n');
+    const uuid = await scheduleScript(server, dir, 'after-leftovers', 'echo fine\n');
+    expect((await startWorker(server, [], PLATFORM, tmp).exit).code).toBe(0);
+    expect((await show(server, uuid)).outcome).toEqual({ kind: 'exited', code: 0 });
+    expect(fs.readdirSync(tmp).sort()).toEqual(['builder-not-ours', 'other.removing']);
+  });
+
   it('keeps carriage returns inside lines, live and replayed alike', async () => {
     const uuid = await scheduleScript(server, dir, 'progress', "printf 'dl 10\\rdl 100\\n'\nprintf 'x\\r1 b injected note\\n'\n");
     const live = client(server, ['observe', uuid, '--raw']);
