@@ -45,6 +45,17 @@ export class SmallFileSlots {
 
 }
 
+/** Directories known to exist: making one again costs no mkdir. */
+export class KnownDirs {
+  private readonly made = new Set<string>();
+
+  async make(dir: string): Promise<void> {
+    if (this.made.has(dir)) return;
+    await fs.promises.mkdir(dir, { recursive: true });
+    this.made.add(dir);
+  }
+}
+
 /** The whole content of a small tar entry, taken as fast as the entry delivers it. */
 export function readWhole(entry: ReadEntry, maxBytes: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -63,7 +74,7 @@ export class ArtifactFiles {
   private readonly tmpDir: string;
   private counter = 0;
   /** Fan-out directories known to exist: a small file then costs no mkdir. */
-  private readonly made = new Set<string>();
+  private readonly dirs = new KnownDirs();
   /**
    * Each small file goes to its own fan-out directory (by hash), so many can be written at once
    * without contending for one directory's lock: enough to keep the thread pool busy.
@@ -124,7 +135,7 @@ export class ArtifactFiles {
         } else {
           await fs.promises.writeFile(tmp, data, { mode: 0o644 });
         }
-        await this.makeDir(path.dirname(final));
+        await this.dirs.make(path.dirname(final));
         await fs.promises.rename(tmp, final);
       } catch (error) {
         await fs.promises.rm(tmp, { force: true });
@@ -162,17 +173,11 @@ export class ArtifactFiles {
     if (await exists(final)) {
       await fs.promises.rm(tmp, { force: true });
     } else {
-      await this.makeDir(path.dirname(final));
+      await this.dirs.make(path.dirname(final));
       await fs.promises.rename(tmp, final);
       if (this.durable) syncDirectory(path.dirname(final));
     }
     return { path: relativePath, size, sha256 };
-  }
-
-  private async makeDir(dir: string): Promise<void> {
-    if (this.made.has(dir)) return;
-    await fs.promises.mkdir(dir, { recursive: true });
-    this.made.add(dir);
   }
 }
 

@@ -11,7 +11,7 @@ import type {
   Artifact, ConsoleChunk, Info, JobSource, JobSourceSummary, Period, Progress, RunDetail, RunSummary, WorkerInfo,
 } from '../protocol/types.js';
 import { describeOutcome, isSuccess, runStatus } from '../protocol/types.js';
-import { SMALL_FILE_BYTES, SmallFileSlots, readWhole, writeHashed } from './artifact-files.js';
+import { KnownDirs, SMALL_FILE_BYTES, SmallFileSlots, readWhole, writeHashed } from './artifact-files.js';
 import { Client, ClientError, EXIT } from './client.js';
 import { describePeriod } from './period.js';
 
@@ -423,7 +423,7 @@ export async function fetchArtifacts(client: Client, args: FetchArgs, io: Output
  */
 class TargetDir {
   private readonly resolved: string;
-  private readonly made = new Set<string>();
+  private readonly dirs = new KnownDirs();
   /**
    * Few at once: fetched files share directories, and threads creating and renaming entries in one
    * directory mostly wait for (and spin on) its lock in the kernel.
@@ -445,7 +445,7 @@ class TargetDir {
         const data = await readWhole(entry, artifact.size);
         progress(data.length);
         this.check(artifact, crypto.createHash('sha256').update(data).digest('hex'));
-        await this.makeDir(path.dirname(target));
+        await this.dirs.make(path.dirname(target));
         const tmp = `${target}.builder-partial`;
         await fs.promises.writeFile(tmp, data);
         await fs.promises.rename(tmp, target);
@@ -458,7 +458,7 @@ class TargetDir {
     let handle: fs.promises.FileHandle;
     const tmp = `${target}.builder-partial`;
     try {
-      await this.makeDir(path.dirname(target));
+      await this.dirs.make(path.dirname(target));
       handle = await fs.promises.open(tmp, 'w');
     } catch (error) {
       entry.resume();
@@ -486,11 +486,5 @@ class TargetDir {
 
   private check(artifact: Artifact, sha256: string): void {
     if (sha256 !== artifact.sha256) throw new Error(`${artifact.path}: SHA-256 mismatch (expected ${artifact.sha256}, received ${sha256})`);
-  }
-
-  private async makeDir(dir: string): Promise<void> {
-    if (this.made.has(dir)) return;
-    await fs.promises.mkdir(dir, { recursive: true });
-    this.made.add(dir);
   }
 }
