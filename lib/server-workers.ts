@@ -639,8 +639,6 @@ export class Dispatcher {
     const { maxLineBytes, maxConsoleBytes } = this.context.options;
     if (run.consoleFull) return { chunks: [], lines: 0 };
     const kept: ConsoleChunk[] = [];
-    /** The lines of each chunk in `kept`. */
-    const keptStats: number[] = [];
     let keptLines = 0;
     let bytes = run.console.bytes;
     // Each line counts its UTF-8 bytes and 16 more; the chunk's (lines - 1) joining \n are not lines'
@@ -656,12 +654,11 @@ export class Dispatcher {
       if (!exact && (longest > maxLineBytes / 4 || bytes + chunkBytes(chunk.text, lines, false) > maxConsoleBytes)) {
         exact = true;
         bytes = run.console.bytes;
-        for (const [i, earlier] of kept.entries()) bytes += chunkBytes(earlier.text, keptStats[i]!, true);
+        for (const earlier of kept) bytes += chunkBytes(earlier.text, lineStats(earlier.text).lines, true);
       }
       const size = chunkBytes(chunk.text, lines, exact);
       if (longest <= maxLineBytes / 4 && bytes + size <= maxConsoleBytes) {
         kept.push(chunk);
-        keptStats.push(lines);
         keptLines += lines;
         bytes += size;
         continue;
@@ -683,7 +680,6 @@ export class Dispatcher {
         texts.push(text);
       }
       kept.push({ ...chunk, text: texts.join('\n') });
-      keptStats.push(texts.length);
       keptLines += texts.length;
     }
     return { chunks: kept, lines: keptLines };
