@@ -84,9 +84,16 @@ export class ConsoleWriter {
     // UTF-8 takes at most 3 bytes per UTF-16 unit: the whole string fits. A rare bigger string
     // gets a buffer of its own, so that the scratch buffer stays small.
     const needed = text.length * 3;
-    if (needed > scratch.length && needed <= MAX_SCRATCH_BYTES) scratch = Buffer.allocUnsafeSlow(needed);
-    const buffer = needed <= scratch.length ? scratch : Buffer.from(text);
-    const bytes = buffer === scratch ? scratch.write(text) : buffer.length;
+    let buffer: Buffer;
+    let bytes: number;
+    if (needed <= MAX_SCRATCH_BYTES) {
+      if (needed > scratch.length) scratch = Buffer.allocUnsafeSlow(needed);
+      buffer = scratch;
+      bytes = scratch.write(text);
+    } else {
+      buffer = Buffer.from(text);
+      bytes = buffer.length;
+    }
     // A short write (a nearly full disk) goes on from where it stopped.
     for (let written = 0; written < bytes;) written += fs.writeSync(this.fd, buffer, written, bytes - written);
     return bytes;
