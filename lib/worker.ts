@@ -95,7 +95,7 @@ async function serveJobs(options: WorkerOptions, say: (line: string) => void): P
     try {
       job = await nextJob(session, say);
     } catch (error) {
-      if (error instanceof Stopped) return 128 + (os.constants.signals[error.signal] ?? 15);
+      if (error instanceof Stopped) return signalExit(error.signal);
       if (error instanceof ConnectionClosed) {
         if (error.fatal !== null) {
           say(`the server closed the connection: ${error.fatal}`);
@@ -167,8 +167,7 @@ async function nextJob(session: Session, say: (line: string) => void): Promise<J
     stoppedBy = signal;
     conn.close();
   };
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
+  const stopListening = onStopSignals(onSignal);
   const beat = setInterval(() => {
     if (serverSilent(inbox, welcome)) {
       say(`no answer from the server for ${3 * welcome.heartbeatSeconds}s while idle`);
@@ -190,9 +189,23 @@ async function nextJob(session: Session, say: (line: string) => void): Promise<J
     }
   } finally {
     clearInterval(beat);
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
+    stopListening();
   }
+}
+
+/** Calls `handler` on the first SIGTERM or SIGINT (a service stop, Ctrl-C); returns how to stop listening. */
+function onStopSignals(handler: (signal: NodeJS.Signals) => void): () => void {
+  process.once('SIGTERM', handler);
+  process.once('SIGINT', handler);
+  return () => {
+    process.off('SIGTERM', handler);
+    process.off('SIGINT', handler);
+  };
+}
+
+/** The exit status of a worker stopped by `signal`: 128 + its number, as a shell reports it. */
+function signalExit(signal: NodeJS.Signals): number {
+  return 128 + (os.constants.signals[signal] ?? 15);
 }
 
 /** The worker was stopped by `signal` while it waited for a job. */
@@ -233,8 +246,7 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
     lost = true;
     sandbox.kill({ kind: 'lost' });
   };
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
+  const stopListening = onStopSignals(onSignal);
   say(`running ${job.name} (run ${job.uuid})`);
   inbox.listener = (message) => {
     if (message.type === 'cancel-run' && message.uuid === job.uuid) {
@@ -355,11 +367,10 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   clearInterval(heartbeat);
   inbox.listener = null;
   inbox.onClose = null;
-  process.off('SIGTERM', onSignal);
-  process.off('SIGINT', onSignal);
+  stopListening();
   if (stoppedBy !== null) {
     conn.close();
-    return 128 + (os.constants.signals[stoppedBy] ?? 15);
+    return signalExit(stoppedBy);
   }
   if (lost && !reported) {
     say(`lost the connection to the server while running ${job.name}; the job was stopped (the server queues it again)`);
