@@ -67,20 +67,26 @@ export async function runWorker(options: WorkerOptions): Promise<number> {
   const say = options.say ?? ((line: string) => process.stderr.write(`builder-worker: ${line}\n`));
   // Directories a worker killed before it had removed them (see removeJobDirectorySoon).
   removeLeftoverJobDirectories(options.tmpDir ?? os.tmpdir(), say);
+  const stop = new StopRequest();
   try {
-    return await serveJobs(options, say);
+    return await serveJobs(options, say, stop);
+  } catch (error) {
+    if (error instanceof Stopped) return signalExit(error.signal);
+    throw error;
   } finally {
+    stop.dispose();
     // Job directories are removed in the background (see removeJobDirectorySoon): not left behind.
     await jobDirectoriesRemoved();
   }
 }
 
-async function serveJobs(options: WorkerOptions, say: (line: string) => void): Promise<number> {
+async function serveJobs(options: WorkerOptions, say: (line: string) => void, stop: StopRequest): Promise<number> {
   let session: Session | null = null;
   for (;;) {
+    stop.check();
     if (session === null || session.conn.isClosed) {
       try {
-        session = await connect(options, say);
+        session = await connect(options, say, stop);
       } catch (error) {
         if (error instanceof HandshakeRefused) {
           say(error.message);
@@ -93,9 +99,8 @@ async function serveJobs(options: WorkerOptions, say: (line: string) => void): P
     session.requested = true;
     let job: JobAssignment;
     try {
-      job = await nextJob(session, say);
+      job = await nextJob(session, say, stop);
     } catch (error) {
-      if (error instanceof Stopped) return signalExit(error.signal);
       if (error instanceof ConnectionClosed) {
         if (error.fatal !== null) {
           say(`the server closed the connection: ${error.fatal}`);
@@ -108,7 +113,7 @@ async function serveJobs(options: WorkerOptions, say: (line: string) => void): P
       throw error;
     }
     session.requested = false;
-    const code = await runJob(session, job, options, say);
+    const code = await runJob(session, job, options, say, stop);
     if (code !== WORKER_EXIT.ok) return code;
     if (!options.loop) {
       session.conn.close();
@@ -118,9 +123,10 @@ async function serveJobs(options: WorkerOptions, say: (line: string) => void): P
 }
 
 /** Dials until the server answers, waiting longer after each failure (0.5 s doubling up to the maximum). */
-async function connect(options: WorkerOptions, say: (line: string) => void): Promise<Session> {
+async function connect(options: WorkerOptions, say: (line: string) => void, stop: StopRequest): Promise<Session> {
   let delay = 500;
   for (;;) {
+    stop.check();
     let conn: Connection;
     try {
       conn = await dial(options.remote, undefined, 10_000, options.tls ?? null);
@@ -129,7 +135,7 @@ async function connect(options: WorkerOptions, say: (line: string) => void): Pro
       // A certificate problem does not go away by waiting: the worker stops and says why.
       if (tls) throw new HandshakeRefused(`TLS with the server at ${options.remote} failed: ${reason}`);
       say(`cannot reach the server at ${options.remote} (${reason}); retrying in ${(delay / 1000).toFixed(1)}s (--remote or BUILDER_REMOTE sets the address)`);
-      await new Promise((resolve) => setTimeout(resolve, delay));
+      await stop.sleep(delay);
       delay = Math.min(delay * 2, options.maxBackoffMs ?? 30_000);
       continue;
     }
@@ -145,7 +151,7 @@ async function connect(options: WorkerOptions, say: (line: string) => void): Pro
       if (error instanceof ConnectionClosed) {
         say(`the connection to ${options.remote} closed during the hello (${error.reason}); retrying in ${(delay / 1000).toFixed(1)}s`
           + (options.tls === undefined || options.tls === null ? ' (if the server uses TLS, give --tls-ca FILE or --tls)' : ''));
-        await new Promise((resolve) => setTimeout(resolve, delay));
+        await stop.sleep(delay);
         delay = Math.min(delay * 2, options.maxBackoffMs ?? 30_000);
         continue;
       }
@@ -158,16 +164,12 @@ async function connect(options: WorkerOptions, say: (line: string) => void): Pro
  * Waits for a job, sending heartbeats meanwhile. A server that answers none of three (a dead host,
  * a broken NAT mapping) is given up on: the connection is closed and the worker dials again.
  */
-async function nextJob(session: Session, say: (line: string) => void): Promise<JobAssignment> {
+async function nextJob(session: Session, say: (line: string) => void, stop: StopRequest): Promise<JobAssignment> {
   const { conn, inbox, welcome } = session;
   // Stopped while idle (service stop, Ctrl-C): there is nothing to report, but the directories of
   // earlier jobs may still be being removed, which runWorker waits for before the worker exits.
-  let stoppedBy: NodeJS.Signals | null = null;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    stoppedBy = signal;
-    conn.close();
-  };
-  const stopListening = onStopSignals(onSignal);
+  stop.check();
+  stop.onStop = () => conn.close();
   const beat = setInterval(() => {
     if (serverSilent(inbox, welcome)) {
       say(`no answer from the server for ${3 * welcome.heartbeatSeconds}s while idle`);
@@ -179,28 +181,68 @@ async function nextJob(session: Session, say: (line: string) => void): Promise<J
   try {
     for (;;) {
       const message = await inbox.next().catch((error: unknown) => {
-        throw stoppedBy === null ? error : new Stopped(stoppedBy);
+        stop.check();
+        throw error;
       });
       // A job that came with the signal is not started: the server has seen the connection close
       // and queues it again.
-      if (stoppedBy !== null) throw new Stopped(stoppedBy);
+      stop.check();
       if (message.type === 'job') return message;
       // Anything else while idle (heartbeat acks, a late cancel) needs no answer.
     }
   } finally {
     clearInterval(beat);
-    stopListening();
+    stop.onStop = null;
   }
 }
 
-/** Calls `handler` on the first SIGTERM or SIGINT (a service stop, Ctrl-C); returns how to stop listening. */
-function onStopSignals(handler: (signal: NodeJS.Signals) => void): () => void {
-  process.once('SIGTERM', handler);
-  process.once('SIGINT', handler);
-  return () => {
-    process.off('SIGTERM', handler);
-    process.off('SIGINT', handler);
+/**
+ * A stop asked for by SIGTERM or SIGINT (a service stop, Ctrl-C), listened for during the worker's
+ * whole life, so that a signal arriving between two phases (a job ending, the connection closing,
+ * a reconnection) is never lost. Each phase says how it reacts (`onStop`) and calls `check()` before
+ * it waits. The first signal only asks; the listeners are then gone, so a second one ends the
+ * process the default way.
+ */
+class StopRequest {
+  signal: NodeJS.Signals | null = null;
+  /** The current phase's reaction to the stop. */
+  onStop: ((signal: NodeJS.Signals) => void) | null = null;
+  private wake: (() => void) | null = null;
+
+  private readonly listener = (signal: NodeJS.Signals): void => {
+    this.dispose();
+    this.signal = signal;
+    this.wake?.();
+    this.onStop?.(signal);
   };
+
+  constructor() {
+    process.once('SIGTERM', this.listener);
+    process.once('SIGINT', this.listener);
+  }
+
+  /** Throws Stopped once a stop was asked for. */
+  check(): void {
+    if (this.signal !== null) throw new Stopped(this.signal);
+  }
+
+  /** Waits `ms`, or less if a stop is asked for meanwhile (and then throws Stopped). */
+  async sleep(ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.wake = null;
+    this.check();
+  }
+
+  dispose(): void {
+    process.off('SIGTERM', this.listener);
+    process.off('SIGINT', this.listener);
+  }
 }
 
 /** The exit status of a worker stopped by `signal`: 128 + its number, as a shell reports it. */
@@ -220,7 +262,7 @@ function serverSilent(inbox: Inbox<ServerToWorker>, welcome: Welcome): boolean {
 }
 
 /** Runs one job start to finish. Returns WORKER_EXIT.ok, or lostServer if the connection went away. */
-async function runJob(session: Session, job: JobAssignment, options: WorkerOptions, say: (line: string) => void): Promise<number> {
+async function runJob(session: Session, job: JobAssignment, options: WorkerOptions, say: (line: string) => void, stop: StopRequest): Promise<number> {
   const { conn, inbox, welcome } = session;
   const sandbox = options.sandbox?.() ?? new ProcessSandbox({ tmpDir: options.tmpDir, killGraceMs: options.killGraceMs });
   const started = Date.now();
@@ -229,12 +271,10 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   // group (or container), so it would not get the signal otherwise. Nothing is reported: the
   // server records the run as worker lost when the connection closes, and queues the job again.
   // The job is cleaned up as usual below, then the worker exits 128 + the signal's number.
-  let stoppedBy: NodeJS.Signals | null = null;
   /** `finished` was sent; and a request-job after it (see below). */
   let reported = false;
   let askedEarly = false;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    stoppedBy = signal;
+  stop.onStop = (signal) => {
     if (reported) {
       say(`${signal}: stopping after run ${job.uuid} of ${job.name}, which is reported`);
       // Having asked for its next job, the worker leaves at once, before the server can hand it one
@@ -246,7 +286,6 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
     lost = true;
     sandbox.kill({ kind: 'lost' });
   };
-  const stopListening = onStopSignals(onSignal);
   say(`running ${job.name} (run ${job.uuid})`);
   inbox.listener = (message) => {
     if (message.type === 'cancel-run' && message.uuid === job.uuid) {
@@ -357,7 +396,7 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
     })().catch(() => false);
   }
   await sandbox.cleanUp((problem) => say(problem));
-  if (options.loop && !lost && stoppedBy === null && (welcome.features ?? []).includes('request-after-finished')) {
+  if (options.loop && !lost && stop.signal === null && (welcome.features ?? []).includes('request-after-finished')) {
     conn.send({ type: 'request-job' });
     session.requested = true;
     askedEarly = true;
@@ -367,10 +406,10 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   clearInterval(heartbeat);
   inbox.listener = null;
   inbox.onClose = null;
-  stopListening();
-  if (stoppedBy !== null) {
+  stop.onStop = null;
+  if (stop.signal !== null) {
     conn.close();
-    return signalExit(stoppedBy);
+    return signalExit(stop.signal);
   }
   if (lost && !reported) {
     say(`lost the connection to the server while running ${job.name}; the job was stopped (the server queues it again)`);

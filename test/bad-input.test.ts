@@ -265,7 +265,9 @@ describe('a worker asking for its next job before the previous one is confirmed'
   const scriptedServer = async (features: string[] | undefined, jobs: number, ackMs: number) => {
     const seen: string[] = [];
     let given = 0;
+    const sockets = new Set<net.Socket>();
     const srv = net.createServer((socket) => {
+      sockets.add(socket);
       const decoder = new FrameDecoder();
       const send = (message: Record<string, unknown>): void => {
         if (socket.destroyed) return;
@@ -307,7 +309,11 @@ describe('a worker asking for its next job before the previous one is confirmed'
       });
     });
     await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', () => resolve()));
-    return { seen, address: `127.0.0.1:${(srv.address() as net.AddressInfo).port}`, close: () => srv.close() };
+    return {
+      seen, address: `127.0.0.1:${(srv.address() as net.AddressInfo).port}`, close: () => srv.close(),
+      /** Closes every connection it has. */
+      drop: () => { for (const socket of sockets) socket.destroy(); },
+    };
   };
   const count = (seen: string[], type: string): number => seen.filter((entry) => entry === type).length;
 
@@ -327,6 +333,28 @@ describe('a worker asking for its next job before the previous one is confirmed'
     } finally {
       worker.kill('SIGKILL');
       older.close();
+    }
+  });
+
+  it('builder-worker stopped while it waits to reconnect exits 143 at once, and so when the server goes away as it is stopped', async () => {
+    const gone = await scriptedServer(['progress', 'request-after-finished'], 0, 0);
+    gone.close();
+    const waiting = startWorker(gone, ['--loop'], platform, dir);
+    await waitFor('a failed dial', async () => (waiting.stderr.includes('cannot reach the server') ? true : null));
+    waiting.kill('SIGTERM');
+    expect((await waiting.exit).code).toBe(143);
+    // The server closes the idle worker's connection just as the worker is stopped (a local
+    // `npm start` stopping both): the stop is not lost between waiting and reconnecting.
+    const closing = await scriptedServer(['progress', 'request-after-finished'], 0, 0);
+    const worker = startWorker(closing, ['--loop'], platform, dir);
+    try {
+      await waitFor('the request-job', async () => (count(closing.seen, 'request-job') === 1 ? true : null));
+      closing.close();
+      closing.drop();
+      worker.kill('SIGTERM');
+      expect((await worker.exit).code).toBe(143);
+    } finally {
+      worker.kill('SIGKILL');
     }
   });
 
