@@ -125,6 +125,11 @@ export class WorkerSession {
   waiting = false;
   /** It sent request-job after its run's `finished`, before the outcome was committed. */
   nextRequested = false;
+  /**
+   * The run it was given in the same commit as its outcome: sent right after the acknowledgement,
+   * once the reply to `finished` is on its way.
+   */
+  nextStart: Start | null = null;
   /** Why the server ended this worker's connection, when it did (shown for a gone worker). */
   goneReason: string | null = null;
   private silence: NodeJS.Timeout | null = null;
@@ -193,6 +198,7 @@ interface Start {
 }
 
 interface PendingFinish {
+  worker: WorkerSession;
   uuid: string;
   outcome: Outcome;
   artifacts: Artifact[];
@@ -327,12 +333,17 @@ export class Dispatcher {
 
   /** Puts a worker that asked for a job in its platform's waiting list (once) and tries dispatching. */
   private wait(worker: WorkerSession): void {
-    if (worker.waiting || worker.conn.isClosed) return;
+    if (this.enqueueWaiting(worker)) this.dispatch(worker.platform);
+  }
+
+  /** Puts a worker at the end of its platform's waiting list; false if it is there already or gone. */
+  private enqueueWaiting(worker: WorkerSession): boolean {
+    if (worker.waiting || worker.conn.isClosed) return false;
     worker.waiting = true;
     const list = this.waiting.get(worker.platform) ?? [];
     list.push(worker);
     this.waiting.set(worker.platform, list);
-    this.dispatch(worker.platform);
+    return true;
   }
 
   /**
@@ -357,46 +368,65 @@ export class Dispatcher {
    * only once it is done.
    */
   private dispatchNow(platform: string): void {
-    const { store, log, options } = this.context;
+    const { store, log } = this.context;
     const waiting = this.waiting.get(platform);
     if (waiting === undefined || waiting.length === 0 || !store.hasQueued(platform)) return;
-    // A full disk: runs stay queued and workers wait; tried again in a while. Looked at once per
-    // pass, not per run handed out.
-    const full = diskFullProblem(options.stateDir, options.minFreeBytes);
-    if (full !== null) {
-      if (!this.diskRetry.has(platform)) log('disk-full', { platform, problem: full });
-      this.retryDispatch(platform);
-      return;
-    }
+    if (this.diskFull(platform)) return;
     const starts: Start[] = [];
     const failed: RunSummary[] = [];
     try {
-      store.batch(() => {
-        const taken = new Set<WorkerSession>();
-        for (const worker of waiting) {
-          if (worker.conn.isClosed) continue;
-          for (;;) {
-            const next = store.nextFor(platform, worker.labels);
-            if (next === null) break;
-            const start = this.start(worker, next.uuid, next.job, failed);
-            if (start !== null) {
-              starts.push(start);
-              taken.add(worker);
-              break;
-            }
-          }
-          if (!store.hasQueued(platform)) break;
-        }
-      }, false);
+      store.batch(() => this.startWaiting(platform, starts, failed), false);
     } catch (error) {
       // The commit failed (the database's disk is full?): nothing started; the workers wait on.
       log('error', { platform, problem: `cannot start runs: ${(error as Error).message}` });
       this.retryDispatch(platform);
       return;
     }
-    this.waiting.set(platform, waiting.filter((worker) => !worker.conn.isClosed && !starts.some((start) => start.worker === worker)));
+    this.started(platform, starts);
     for (const run of failed) this.context.hub.end(run);
     for (const start of starts) this.begin(start);
+  }
+
+  /**
+   * A full disk: runs stay queued and workers wait; tried again in a while. Looked at once per pass,
+   * not per run handed out.
+   */
+  private diskFull(platform: string): boolean {
+    const { options, log } = this.context;
+    const full = diskFullProblem(options.stateDir, options.minFreeBytes);
+    if (full === null) return false;
+    if (!this.diskRetry.has(platform)) log('disk-full', { platform, problem: full });
+    this.retryDispatch(platform);
+    return true;
+  }
+
+  /**
+   * The dispatch pass itself, inside the caller's transaction: starts queued runs of `platform` on its
+   * waiting workers, in the order they asked; each gets the first run whose job requires no label it
+   * lacks.
+   */
+  private startWaiting(platform: string, starts: Start[], failed: RunSummary[]): void {
+    const { store } = this.context;
+    for (const worker of this.waiting.get(platform) ?? []) {
+      if (!store.hasQueued(platform)) return;
+      if (worker.conn.isClosed) continue;
+      for (;;) {
+        const next = store.nextFor(platform, worker.labels);
+        if (next === null) break;
+        const start = this.start(worker, next.uuid, next.job, failed);
+        if (start !== null) {
+          starts.push(start);
+          break;
+        }
+      }
+    }
+  }
+
+  /** After a dispatch pass committed: the workers that got a run leave the waiting list. */
+  private started(platform: string, starts: Start[]): void {
+    const given = new Set(starts.map((start) => start.worker));
+    const waiting = this.waiting.get(platform) ?? [];
+    this.waiting.set(platform, waiting.filter((worker) => !worker.conn.isClosed && !given.has(worker)));
   }
 
   private retryDispatch(platform: string): void {
@@ -568,16 +598,23 @@ export class Dispatcher {
     }
     run.console.close(this.context.options.strict);
     try {
-      await this.commitFinish(run.uuid, outcome, artifacts, run.console.lines, run.upload !== null && run.upload.problem !== null ? run.upload.artifacts : []);
+      await this.commitFinish(worker, run.uuid, outcome, artifacts, run.console.lines, run.upload !== null && run.upload.problem !== null ? run.upload.artifacts : []);
     } finally {
       this.uploads.delete(run.uuid);
     }
     worker.run = null;
     this.watchSilence(worker);
-    worker.conn.send({ type: 'finished-ack', uuid: run.uuid });
+    const next = worker.nextStart;
+    worker.nextStart = null;
+    // The acknowledgement and the next run (when the same commit started one) leave in one write.
+    worker.conn.together(() => {
+      worker.conn.send({ type: 'finished-ack', uuid: run.uuid });
+      if (next !== null) this.begin(next);
+    });
     if (worker.nextRequested) {
       worker.nextRequested = false;
-      this.wait(worker);
+      // Asked early and given nothing in that commit: it waits (already, when there was no run to give).
+      if (next === null) this.wait(worker);
     }
     log('finish', { run: run.uuid, job: run.job, worker: worker.id, outcome: describeOutcome(outcome), artifacts: artifacts.length, lines: run.console.lines });
     if (hub.watching(run.uuid)) {
@@ -591,11 +628,15 @@ export class Dispatcher {
    * one transaction, after the turn (with --strict, one fsync for them all); each resolves once it
    * is committed, and only then is the worker acknowledged. An outcome the store refuses (its run is
    * no longer running) fails alone: each is a savepoint of the shared transaction.
+   *
+   * A worker that asked for its next job along with its outcome (request-after-finished) joins its
+   * platform's waiting workers inside that transaction, and a dispatch pass runs there too: its
+   * next run starts in the same commit, and leaves with the acknowledgement (see finish).
    */
-  private commitFinish(uuid: string, outcome: Outcome, artifacts: Artifact[], consoleLines: number, refused: Artifact[]): Promise<void> {
+  private commitFinish(worker: WorkerSession, uuid: string, outcome: Outcome, artifacts: Artifact[], consoleLines: number, refused: Artifact[]): Promise<void> {
     return new Promise((resolve, reject) => {
       if (this.finishing.length === 0) setImmediate(() => this.commitFinishes());
-      this.finishing.push({ uuid, outcome, artifacts, consoleLines, refused, resolve, reject });
+      this.finishing.push({ worker, uuid, outcome, artifacts, consoleLines, refused, resolve, reject });
     });
   }
 
@@ -604,20 +645,44 @@ export class Dispatcher {
     const batch = this.finishing;
     this.finishing = [];
     let failures: (Error | null)[];
+    const starts: Start[] = [];
+    const failed: RunSummary[] = [];
+    const asked = new Set<WorkerSession>();
+    const passes: string[] = [];
     try {
-      failures = store.batch(() => batch.map((item) => {
-        try {
-          store.finishRun(item.uuid, item.outcome, Date.now(), item.artifacts, item.consoleLines);
-          // Files a refused upload had already stored belong to no run: they go with the garbage.
-          if (item.refused.length > 0) store.addGarbage('artifact', item.refused.map((a) => a.sha256));
-          return null;
-        } catch (error) {
-          return error as Error;
+      failures = store.batch(() => {
+        const outcomes = batch.map((item) => {
+          try {
+            store.finishRun(item.uuid, item.outcome, Date.now(), item.artifacts, item.consoleLines);
+            // Files a refused upload had already stored belong to no run: they go with the garbage.
+            if (item.refused.length > 0) store.addGarbage('artifact', item.refused.map((a) => a.sha256));
+            return null;
+          } catch (error) {
+            return error as Error;
+          }
+        });
+        batch.forEach((item, i) => {
+          if (outcomes[i] === null && item.worker.nextRequested && this.enqueueWaiting(item.worker)) asked.add(item.worker);
+        });
+        for (const platform of new Set([...asked].map((worker) => worker.platform))) {
+          if (this.stopped || !store.hasQueued(platform) || this.diskFull(platform)) continue;
+          passes.push(platform);
+          this.startWaiting(platform, starts, failed);
         }
-      }));
+        return outcomes;
+      });
     } catch (error) {
-      // The commit itself failed (a full disk): none of them is recorded.
+      // The commit itself failed (a full disk): none of them is recorded, and nothing started.
       failures = batch.map(() => error as Error);
+      starts.length = 0;
+      failed.length = 0;
+    }
+    for (const platform of passes) this.started(platform, starts);
+    for (const run of failed) this.context.hub.end(run);
+    for (const start of starts) {
+      // Acknowledged in this turn: its run goes with the acknowledgement.
+      if (asked.has(start.worker)) start.worker.nextStart = start;
+      else this.begin(start);
     }
     batch.forEach((item, i) => {
       const failure = failures[i];

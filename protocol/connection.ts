@@ -78,6 +78,16 @@ export class Connection {
     return room;
   }
 
+  /** Whatever `send` calls `write` makes leave together, in one system call (writev). */
+  together(write: () => void): void {
+    this.socket.cork();
+    try {
+      write();
+    } finally {
+      this.socket.uncork();
+    }
+  }
+
   /**
    * Sends one message and resolves once the socket has handed all of it to the kernel (or the
    * connection has closed): from then on, a `chunk` it carried may be reused. Senders of artifact

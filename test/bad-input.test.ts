@@ -239,7 +239,7 @@ describe('a worker asking for its next job before the previous one is confirmed'
     return peer;
   };
 
-  it('right after finished: the server confirms the outcome, then hands it the next run', async () => {
+  it('right after finished: the server confirms the outcome, then hands it the next run, both in one write', async () => {
     const first = await queue('early-1');
     const second = await queue('early-2');
     const peer = await rawWorker();
@@ -250,12 +250,54 @@ describe('a worker asking for its next job before the previous one is confirmed'
       encodeFrame({ type: 'request-job' }),
     ]));
     expect(await peer.next()).toEqual({ type: 'finished-ack', uuid: first });
+    const ackRead = peer.lastRead;
     expect(await peer.next()).toMatchObject({ type: 'job', uuid: second });
+    // The next run started in the outcome's commit, and left with its acknowledgement.
+    expect(peer.lastRead).toBe(ackRead);
     peer.send({ type: 'finished', uuid: second, outcome: { kind: 'exited', code: 1 } });
     expect(await peer.next()).toEqual({ type: 'finished-ack', uuid: second });
     peer.socket.destroy();
     expect((await show(server, first)).outcome).toEqual({ kind: 'exited', code: 0 });
     expect((await show(server, second)).outcome).toEqual({ kind: 'exited', code: 1 });
+  });
+
+  it('a worker that asked earlier keeps its turn, and one given its next run with its acknowledgement waits no more', async () => {
+    const platform2 = 'early-labels';
+    const queueOn = async (name: string, requires: string[] = []): Promise<string> => {
+      fs.writeFileSync(path.join(dir, `${name}.sh`), 'true\n');
+      return (await ok(server, ['schedule', name, platform2, path.join(dir, `${name}.sh`), ...requires.flatMap((label) => ['--requires', label])])).trim();
+    };
+    const join = async (hostname: string, labels: string[]): Promise<RawPeer> => {
+      const peer = new RawPeer(server.address);
+      peer.send({ type: 'hello', version: PROTOCOL_VERSION, role: 'worker', software: 'raw worker', platform: platform2, hostname, labels });
+      expect((await peer.next()).type).toBe('welcome');
+      return peer;
+    };
+    const first = await queueOn('labels-1');
+    const gpu = await join('gpu', ['gpu']);
+    gpu.send({ type: 'request-job' });
+    expect(await gpu.next()).toMatchObject({ type: 'job', uuid: first });
+    // Asks while nothing is queued that it may run; the run queued next needs a label it lacks.
+    const plain = await join('plain', []);
+    plain.send({ type: 'request-job' });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const needsGpu = await queueOn('labels-gpu', ['gpu']);
+    gpu.socket.write(Buffer.concat([
+      encodeFrame({ type: 'finished', uuid: first, outcome: { kind: 'exited', code: 0 } }),
+      encodeFrame({ type: 'request-job' }),
+    ]));
+    expect(await gpu.next()).toEqual({ type: 'finished-ack', uuid: first });
+    expect(await gpu.next()).toMatchObject({ type: 'job', uuid: needsGpu });
+    // The plain worker asked first and still waits; the gpu worker, busy again, gets nothing more.
+    const second = await queueOn('labels-2');
+    expect(await plain.next()).toMatchObject({ type: 'job', uuid: second });
+    const third = await queueOn('labels-3');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(gpu.frames).toEqual([]);
+    expect(plain.frames).toEqual([]);
+    expect((await show(server, third)).status).toBe('queued');
+    gpu.socket.destroy();
+    plain.socket.destroy();
   });
 
   /**
