@@ -281,6 +281,10 @@ export class Store {
       // commit that happens to cross SQLite's threshold: that commit (a finishing run, a burst of
       // due schedules) would wait for the copy and its fsync. Closing the store checkpoints too.
       this.db.pragma('wal_autocheckpoint = 0');
+      // The savepoints inside a group commit (one per outcome, see Store.batch) journal each page
+      // they change. On disk, that journal was one more file written page by page for every run
+      // started or finished, as many writes as the WAL itself; in memory it costs a few pages.
+      this.db.pragma('temp_store = MEMORY');
       this.db.pragma('foreign_keys = ON');
       this.migrate();
     } catch (error) {

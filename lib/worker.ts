@@ -378,6 +378,10 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
   // look lost. A --loop worker asks for its next job once clean, without waiting for the
   // confirmation (when the server allows it): that saves a round trip per job. Asking only once
   // clean means a worker stopped during its clean-up has no job given to it yet.
+  // A clean-up done within this turn (a process sandbox's is) lets the report and the request leave
+  // in one write, and the server record the outcome and start the next run in one commit; a slower
+  // one (a container's) never holds the report back past the turn.
+  const release = conn.holdForThisTurn();
   let confirmed: Promise<boolean> = Promise.resolve(false);
   if (!lost) {
     conn.send({ type: 'finished', uuid: job.uuid, outcome: limitOutcome(outcome) });
@@ -401,6 +405,7 @@ async function runJob(session: Session, job: JobAssignment, options: WorkerOptio
     session.requested = true;
     askedEarly = true;
   }
+  release();
   // False when the connection closed first: said below.
   const wasConfirmed = await confirmed;
   clearInterval(heartbeat);

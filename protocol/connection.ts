@@ -89,6 +89,24 @@ export class Connection {
   }
 
   /**
+   * Holds back what is sent from now on until the returned function is called or this turn of the
+   * event loop ends, whichever comes first, and then sends it all in one write: messages that follow
+   * each other closely leave together, and none waits longer than the turn.
+   */
+  holdForThisTurn(): () => void {
+    this.socket.cork();
+    let held = true;
+    const release = (): void => {
+      if (!held) return;
+      held = false;
+      clearImmediate(timer);
+      this.socket.uncork();
+    };
+    const timer = setImmediate(release);
+    return release;
+  }
+
+  /**
    * Sends one message and resolves once the socket has handed all of it to the kernel (or the
    * connection has closed): from then on, a `chunk` it carried may be reused. Senders of artifact
    * streams use it, so that file data can be read into the same buffers again instead of new ones

@@ -306,6 +306,8 @@ describe('a worker asking for its next job before the previous one is confirmed'
    */
   const scriptedServer = async (features: string[] | undefined, jobs: number, ackMs: number) => {
     const seen: string[] = [];
+    /** The messages that arrived in one read, for each read that brought more than one. */
+    const together: string[] = [];
     let given = 0;
     const sockets = new Set<net.Socket>();
     const srv = net.createServer((socket) => {
@@ -326,7 +328,10 @@ describe('a worker asking for its next job before the previous one is confirmed'
       socket.on('error', () => {});
       socket.on('close', () => seen.push('closed'));
       socket.on('data', (data) => {
-        for (const value of decoder.push(data)) {
+        const values = decoder.push(data);
+        const types = values.map((value) => (value as { type: string }).type).filter((type) => type !== 'heartbeat');
+        if (types.length > 1) together.push(types.join('+'));
+        for (const value of values) {
           const message = value as { type: string; uuid?: string };
           if (message.type === 'heartbeat') continue;
           seen.push(message.type);
@@ -352,7 +357,7 @@ describe('a worker asking for its next job before the previous one is confirmed'
     });
     await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', () => resolve()));
     return {
-      seen, address: `127.0.0.1:${(srv.address() as net.AddressInfo).port}`, close: () => srv.close(),
+      seen, together, address: `127.0.0.1:${(srv.address() as net.AddressInfo).port}`, close: () => srv.close(),
       /** Closes every connection it has. */
       drop: () => { for (const socket of sockets) socket.destroy(); },
     };
@@ -407,6 +412,8 @@ describe('a worker asking for its next job before the previous one is confirmed'
     try {
       await waitFor('the early request-job', async () => (count(slow.seen, 'request-job') === 2 ? true : null));
       expect(slow.seen).toEqual(['hello', '> welcome', 'request-job', '> job', 'finished', 'request-job']);
+      // Its job directory removed at once, it asked in the same write as it reported.
+      expect(slow.together).toEqual(['finished+request-job']);
       worker.kill('SIGTERM');
       expect((await worker.exit).code).toBe(143);
       expect(worker.stderr).toContain('SIGTERM: stopping after run 00000000-0000-4000-8000-000000000001 of scripted-1, which is reported');

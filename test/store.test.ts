@@ -99,6 +99,31 @@ describe('opening and migrations', () => {
     expect(strict.db.pragma('journal_mode', { simple: true })).toBe('wal');
   });
 
+  it('keeps the journal of the savepoints inside a group commit in memory, not in a temporary file', () => {
+    const store = openStore();
+    const uuids = Array.from({ length: 300 }, (_, i) => put(store, job(`many-${i}`)));
+    // SQLite names its temporary files etilqs_*, and unlinks them at once: only an open descriptor shows one.
+    const tempFiles = (): string[] => fs.readdirSync('/proc/self/fd').flatMap((fd) => {
+      try {
+        return [fs.readlinkSync(`/proc/self/fd/${fd}`)];
+      } catch {
+        return [];
+      }
+    }).filter((target) => target.includes('etilqs_'));
+    const seen = store.batch(() => {
+      // Each start and finish is a savepoint of the shared transaction, as in the server's group
+      // commit; the first here changes many pages (SQLite spills a journal past 64 KiB to a file).
+      store.batch(() => {
+        for (const uuid of uuids) store.startRun(uuid, 'w1', SCRIPT, 'make test', 20);
+      });
+      for (const uuid of uuids) store.finishRun(uuid, { kind: 'exited', code: 0 }, 30);
+      return tempFiles();
+    });
+    expect(seen).toEqual([]);
+    expect(store.db.pragma('temp_store', { simple: true })).toBe(2);
+    expect(store.getRun(uuids[299]!)?.outcome).toEqual({ kind: 'exited', code: 0 });
+  });
+
   it('reopens an existing database keeping its data and version', () => {
     const first = openStore();
     const uuid = put(first, job('nightly'));
