@@ -90,6 +90,11 @@ export interface BenchServer extends NodeProcess {
   stop(): Promise<void>;
 }
 
+/** Node options for the workers a benchmark starts, from BENCH_WORKER_NODE_ARGS (e.g. '--cpu-prof'). */
+export function workerNodeArgs(): string[] {
+  return (process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter((arg) => arg !== '');
+}
+
 /**
  * Starts a builder-server on 127.0.0.1 on a free port and waits until it listens. BENCH_SERVER_NODE_ARGS
  * adds node options to every server a benchmark starts, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'.

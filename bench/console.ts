@@ -25,7 +25,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Client } from '../lib/client.js';
 import {
-  BIN, type BenchOptions, type BenchServer, type Result, cost, cpuMsOf, limit, median, memoryOf, report, startProgram, startServer, until,
+  BIN, type BenchOptions, type BenchServer, type Result, cost, cpuMsOf, limit, median, memoryOf, report, startProgram, startServer, until, workerNodeArgs,
 } from './common.js';
 
 const TEXT = 'builder console benchmark: 0123456789 abcdefghijklmnopqrstu';
@@ -110,7 +110,7 @@ async function runJob(server: BenchServer, client: Client, tmp: string, lines: n
   }, 'queued');
   if (uuid === null) throw new Error('nothing was queued');
   const watching = observers > 0 ? (await startObservers(server.address, uuid, observers, lines)).done : Promise.resolve();
-  const worker = startProgram('builder-worker.js', ['bench', '--remote', server.address, '--tmp-dir', tmp]);
+  const worker = startProgram('builder-worker.js', ['bench', '--remote', server.address, '--tmp-dir', tmp], {}, workerNodeArgs());
   try {
     const ms = await until(() => serverTime(server, uuid), `run ${uuid} to finish`);
     if ((await worker.exited) !== 0) throw new Error(`the worker failed: ${worker.stderr()}`);

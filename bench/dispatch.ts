@@ -16,7 +16,7 @@ import path from 'node:path';
 import { encodeFrame } from '../protocol/frame.js';
 import { Client } from '../lib/client.js';
 import { Beanstalk } from './beanstalk.js';
-import { type BenchOptions, HERE, type Result, freePort, rate, startServer, until } from './common.js';
+import { type BenchOptions, HERE, type Result, freePort, rate, startServer, until, workerNodeArgs } from './common.js';
 
 /** beanstalkd from Debian's archive: installed here if missing (the benchmark runs as root in CI). */
 function beanstalkdPath(): string {
@@ -40,9 +40,7 @@ function beanstalkdPath(): string {
 /** Runs dispatch-workers.js to its end; resolves with the milliseconds it reports. */
 function runWorkers(args: string[]): Promise<number> {
   return new Promise((resolve, reject) => {
-    // BENCH_WORKER_NODE_ARGS: node options for the workers' process (e.g. '--cpu-prof').
-    const nodeArgs = (process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter((arg) => arg !== '');
-    const child = spawn(process.execPath, [...nodeArgs, path.join(HERE, 'dispatch-workers.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...workerNodeArgs(), path.join(HERE, 'dispatch-workers.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
