@@ -641,7 +641,7 @@ export class Dispatcher {
   }
 
   private commitFinishes(): void {
-    const { store, retention } = this.context;
+    const { store, retention, log } = this.context;
     const batch = this.finishing;
     this.finishing = [];
     let failures: (Error | null)[];
@@ -666,8 +666,18 @@ export class Dispatcher {
         });
         for (const platform of new Set([...asked].map((worker) => worker.platform))) {
           if (this.stopped || !store.hasQueued(platform) || this.diskFull(platform)) continue;
-          passes.push(platform);
-          this.startWaiting(platform, starts, failed);
+          const before = { starts: starts.length, failed: failed.length };
+          try {
+            // A savepoint of its own: a pass that fails leaves the outcomes to commit, and the
+            // workers that asked wait, as after a failed dispatchNow.
+            store.batch(() => this.startWaiting(platform, starts, failed));
+            passes.push(platform);
+          } catch (error) {
+            starts.length = before.starts;
+            failed.length = before.failed;
+            log('error', { platform, problem: `cannot start runs: ${(error as Error).message}` });
+            this.retryDispatch(platform);
+          }
         }
         return outcomes;
       });
@@ -677,17 +687,20 @@ export class Dispatcher {
       starts.length = 0;
       failed.length = 0;
     }
-    for (const platform of passes) this.started(platform, starts);
-    for (const run of failed) this.context.hub.end(run);
-    for (const start of starts) {
-      // Acknowledged in this turn: its run goes with the acknowledgement.
-      if (asked.has(start.worker)) start.worker.nextStart = start;
-      else this.begin(start);
-    }
+    // A worker acknowledged in this turn gets its run with the acknowledgement (see finish, which
+    // goes on once this function has returned).
+    for (const start of starts) if (asked.has(start.worker)) start.worker.nextStart = start;
     batch.forEach((item, i) => {
       const failure = failures[i];
       if (failure === null || failure === undefined) item.resolve();
       else item.reject(failure);
+    });
+    this.guarded('starting runs', () => {
+      for (const platform of passes) this.started(platform, starts);
+      for (const start of starts) if (!asked.has(start.worker)) this.begin(start);
+    });
+    this.guarded('ending runs', () => {
+      for (const run of failed) this.context.hub.end(run);
     });
     // Acknowledgements and observers first (the promises above), then the files of pruned runs.
     setImmediate(() => this.guarded('collecting garbage', () => retention.collect()));

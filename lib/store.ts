@@ -281,12 +281,14 @@ export class Store {
       // commit that happens to cross SQLite's threshold: that commit (a finishing run, a burst of
       // due schedules) would wait for the copy and its fsync. Closing the store checkpoints too.
       this.db.pragma('wal_autocheckpoint = 0');
+      this.db.pragma('foreign_keys = ON');
+      this.migrate();
       // The savepoints inside a group commit (one per outcome, see Store.batch) journal each page
       // they change. On disk, that journal was one more file written page by page for every run
       // started or finished, as many writes as the WAL itself; in memory it costs a few pages.
+      // Set after the migrations: a VACUUM or CREATE INDEX on a big database keeps its temporary
+      // copy or sort on disk.
       this.db.pragma('temp_store = MEMORY');
-      this.db.pragma('foreign_keys = ON');
-      this.migrate();
     } catch (error) {
       this.db.close();
       throw error;

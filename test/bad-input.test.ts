@@ -261,7 +261,7 @@ describe('a worker asking for its next job before the previous one is confirmed'
     expect((await show(server, second)).outcome).toEqual({ kind: 'exited', code: 1 });
   });
 
-  it('a worker that asked earlier keeps its turn, and one given its next run with its acknowledgement waits no more', async () => {
+  it('a worker waiting for a run it may take still waits, and one given its next run with its acknowledgement waits no more', async () => {
     const platform2 = 'early-labels';
     const queueOn = async (name: string, requires: string[] = []): Promise<string> => {
       fs.writeFileSync(path.join(dir, `${name}.sh`), 'true\n');

@@ -42,12 +42,13 @@ describe('Connection.holdForThisTurn', () => {
   });
 
   it('never holds a message past the end of the turn, released or not', async () => {
-    conn.holdForThisTurn();
+    const release = conn.holdForThisTurn();
     conn.send({ type: 'finished', uuid: '00000000-0000-4000-8000-000000000001', outcome: { kind: 'exited', code: 0 } });
     await until(() => received().length === 1);
     expect(reads).toEqual([['finished']]);
     // What is sent in a later turn leaves on its own, and a late release changes nothing.
     await new Promise((resolve) => setTimeout(resolve, 50));
+    release();
     conn.send({ type: 'request-job' });
     await until(() => received().length === 2);
     expect(reads).toEqual([['finished'], ['request-job']]);
