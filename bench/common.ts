@@ -60,6 +60,7 @@ export function report(name: string, value: number, unit: string): Result {
 }
 
 export function formatResult(r: Result): string {
+  if (r.target === 0 && r.baseline > 0) return `${r.name}: ${r.value} ${r.unit} (baseline ${r.baseline} ${r.unit}, ratio ${r.ratio}, reported)`;
   if (r.target === 0) return `${r.name}: ${r.value} ${r.unit}`;
   const met = r.ratio >= r.target ? 'met' : 'MISSED';
   return `${r.name}: ${r.value} ${r.unit} (baseline ${r.baseline} ${r.unit}, ratio ${r.ratio}, target ≥ ${r.target}: ${met})`;
