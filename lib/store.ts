@@ -254,6 +254,10 @@ export class Store {
    * finished), so that what it writes (webhook deliveries) commits or rolls back with the event.
    */
   onRunEvent: ((event: RunEvent, uuid: string) => void) | null = null;
+  /** False once the garbage list was found empty, until something is listed again (see garbage()). */
+  private garbageMaybe = true;
+  /** Whether any job may have webhooks; null until first asked (see notifyOfRun). */
+  private webhooksMaybe: boolean | null = null;
 
   constructor(path: string, options: { strict?: boolean; keepRuns?: number } = {}) {
     this.keepRuns = options.keepRuns ?? 0;
@@ -380,6 +384,7 @@ export class Store {
         this.sql('DELETE FROM jobs WHERE name = ?').run(job.name);
         this.sql('DELETE FROM job_secrets WHERE job = ?').run(job.name);
       }
+      if (jsonOrNull(job.notify) !== null) this.webhooksMaybe = true;
       this.sql(`INSERT INTO jobs (name, platform, source, source_summary, period, next_due, timeout_s, keep_runs, owner, requires, env, notify, created_at)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(job.name, job.platform, JSON.stringify(job.source), JSON.stringify(summariseSource(job.source)),
         JSON.stringify(job.period), job.nextDue, job.timeoutSeconds, job.keepRuns, job.owner ?? null,
@@ -420,6 +425,9 @@ export class Store {
 
   /** The webhook URLs of the job a run belongs to (one indexed lookup: called for every run event). */
   notifyOfRun(uuid: string): string[] {
+    // Most farms have no webhooks: then every run's three events skip this query.
+    this.webhooksMaybe ??= this.sql('SELECT 1 FROM jobs WHERE notify IS NOT NULL LIMIT 1').get() !== undefined;
+    if (!this.webhooksMaybe) return [];
     const row = this.sql('SELECT j.notify FROM runs r JOIN jobs j ON j.name = r.job WHERE r.uuid = ?').get(uuid) as { notify: string | null } | undefined;
     return row?.notify === null || row?.notify === undefined ? [] : (JSON.parse(row.notify) as string[]);
   }
@@ -608,6 +616,7 @@ export class Store {
     const old = this.sql(`SELECT uuid FROM runs WHERE job = ? AND state = 'finished' AND uuid IS NOT ?
       ORDER BY finished_at DESC, rowid DESC LIMIT -1 OFFSET ?`).all(job, spare, spare === null ? keep : keep - 1) as { uuid: string }[];
     const garbage = this.sql('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
+    if (old.length > 0) this.garbageMaybe = true;
     for (const { uuid } of old) {
       for (const { sha256 } of this.sql('SELECT DISTINCT sha256 FROM artifacts WHERE run_uuid = ?').all(uuid) as { sha256: string }[]) {
         garbage.run('artifact', sha256);
@@ -637,7 +646,11 @@ export class Store {
 
   /** Files waiting to be deleted; an artifact hash is listed only if no run references it now. */
   garbage(limit = 10_000): { artifacts: string[]; consoles: string[]; referenced: string[] } {
+    // Looked for after every group commit: while nothing was listed since the list was last found
+    // empty, there is nothing to look for.
+    if (!this.garbageMaybe) return { artifacts: [], consoles: [], referenced: [] };
     const rows = this.sql('SELECT kind, name FROM garbage LIMIT ?').all(limit) as { kind: 'artifact' | 'console'; name: string }[];
+    if (rows.length === 0) this.garbageMaybe = false;
     const isReferenced = this.sql('SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1');
     const artifacts: string[] = [];
     const referenced: string[] = [];
@@ -652,6 +665,7 @@ export class Store {
 
   /** Lists files to delete once no run references them (artifacts of an upload that was refused). */
   addGarbage(kind: 'artifact' | 'console', names: string[]): void {
+    if (names.length > 0) this.garbageMaybe = true;
     const insert = this.sql('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
     this.db.transaction(() => { for (const name of names) insert.run(kind, name); })();
   }

@@ -800,6 +800,17 @@ describe('retention', () => {
     expect(store.garbage()).toEqual({ artifacts: [], consoles: [], referenced: [] });
   });
 
+  it('lists what is added after the list was found empty, and what is listed again after a restart', () => {
+    const store = openStore();
+    expect(store.garbage()).toEqual({ artifacts: [], consoles: [], referenced: [] });
+    store.addGarbage('artifact', [SHA(7)]);
+    expect(store.garbage()).toEqual({ artifacts: [SHA(7)], consoles: [], referenced: [] });
+    closeStore(store);
+    // Left listed by a server that stopped before deleting it: found by the next one.
+    const again = openStore();
+    expect(again.garbage()).toEqual({ artifacts: [SHA(7)], consoles: [], referenced: [] });
+  });
+
   it('a job may keep its own number; queued and running runs are never removed', () => {
     const store = openStore({ keepRuns: 5 });
     store.putJob(job('b', { keepRuns: 1, nextDue: null, period: { kind: 'never' } }), false, 1);
@@ -895,6 +906,17 @@ describe('labels, environment, secrets and run events', () => {
     expect(() => store.enqueue('a', false, 40)).toThrow('boom');
     expect(store.db.prepare('SELECT count(*) AS n FROM deliveries').get()).toEqual({ n: 3 });
     expect(store.queues()).toEqual({});
+  });
+
+  it("a run's webhook URLs are its job's, also for a job given webhooks after runs of jobs without any", () => {
+    const store = openStore();
+    const plain = put(store, job('plain'));
+    expect(store.notifyOfRun(plain)).toEqual([]);
+    const hooked = put(store, job('hooked', { notify: ['http://127.0.0.1:9/hook'] }));
+    expect(store.notifyOfRun(hooked)).toEqual(['http://127.0.0.1:9/hook']);
+    expect(store.notifyOfRun(plain)).toEqual([]);
+    closeStore(store);
+    expect(openStore().notifyOfRun(hooked)).toEqual(['http://127.0.0.1:9/hook']);
   });
 
   it('retention removes a run with its deliveries', () => {
