@@ -496,8 +496,9 @@ export class Dispatcher {
       case 'request-job': {
         if (worker.run !== null) {
           // After its `finished` (feature request-after-finished), a worker may ask for its next job
-          // before the outcome is committed: it waits from the moment the commit is done. That saves
-          // one round trip per job for a worker in --loop mode.
+          // before the outcome is committed: it joins the waiting workers in the outcome's commit,
+          // where its next run may start too (see commitFinishes). That saves one round trip per job
+          // for a worker in --loop mode.
           if (!worker.run.finishing) return this.protocolViolation(worker, `request-job while run ${worker.run.uuid} is not finished`);
           worker.nextRequested = true;
           return;

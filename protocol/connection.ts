@@ -70,11 +70,11 @@ export class Connection {
     if (this.closed || this.socket.destroyed) return false;
     const parts = encodeFrameParts(message);
     if (parts.length === 1) return this.socket.write(parts[0]!);
-    // Corked, the head and the bytes leave in one writev.
-    this.socket.cork();
+    // The head and the bytes leave in one writev.
     let room = true;
-    for (const part of parts) room = this.socket.write(part);
-    this.socket.uncork();
+    this.together(() => {
+      for (const part of parts) room = this.socket.write(part);
+    });
     return room;
   }
 
@@ -121,9 +121,7 @@ export class Connection {
         resolve();
       };
       this.writeWaiters.add(done);
-      this.socket.cork();
-      parts.forEach((part, i) => this.socket.write(part, i === parts.length - 1 ? done : undefined));
-      this.socket.uncork();
+      this.together(() => parts.forEach((part, i) => this.socket.write(part, i === parts.length - 1 ? done : undefined)));
     });
   }
 
