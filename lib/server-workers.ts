@@ -389,11 +389,12 @@ export class Dispatcher {
 
   /**
    * A full disk: runs stay queued and workers wait; tried again in a while. Looked at once per pass,
-   * not per run handed out.
+   * not per run handed out, and a look that found room serves the passes of the next 20 ms (a statfs
+   * was 5 % of the server's time per run with one worker taking runs as fast as it can).
    */
   private diskFull(platform: string): boolean {
     const { options, log } = this.context;
-    const full = diskFullProblem(options.stateDir, options.minFreeBytes);
+    const full = diskFullProblem(options.stateDir, options.minFreeBytes, 20);
     if (full === null) return false;
     if (!this.diskRetry.has(platform)) log('disk-full', { platform, problem: full });
     this.retryDispatch(platform);
