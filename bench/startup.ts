@@ -66,10 +66,9 @@ export function buildState(stateDir: string, schedules: number, finished: number
     nextDue: now + 60_000 + Math.floor(Math.random() * DAY),
     period: i % 3 === 0 ? { kind: 'cron', expression: '0 3 * * *' } : { kind: 'every', seconds: 86400 },
   }));
-  const insertRun = db.prepare(`INSERT INTO runs (uuid, job, platform, state, worker, source, script, queued_at, started_at, finished_at, outcome, console_lines)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+  const insertRun = db.prepare(`INSERT INTO runs (uuid, job, platform, state, worker, source, script, queued_at, started_at, finished_at, outcome,
+    console_lines, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
   const insertArtifact = db.prepare('INSERT INTO artifacts (run_uuid, path, size, sha256) VALUES (?, ?, ?, ?)');
-  const insertQueue = db.prepare('INSERT INTO queue (run_uuid, job, platform, position) VALUES (?, ?, ?, ?)');
   const job = (i: number): { name: string; platform: string; source: string; script: string } => {
     const script = `git clone --depth 1 https://git.example.org/project-${i % 700}.git src\ncd src\nmake -j4 test\n`;
     return { name: jobName(i), platform: PLATFORMS[i % PLATFORMS.length]!, source: JSON.stringify({ kind: 'script', script }), script };
@@ -87,7 +86,7 @@ export function buildState(stateDir: string, schedules: number, finished: number
         const startedAt = queuedAt + Math.floor(Math.random() * 60_000);
         const lines = Math.floor(Math.exp(Math.random() * 10));
         insertRun.run(uuid, name, platform, 'finished', `worker-${r % 40}`, source, script, queuedAt, startedAt,
-          startedAt + 30_000 + Math.floor(Math.random() * 1800_000), outcome(), lines);
+          startedAt + 30_000 + Math.floor(Math.random() * 1800_000), outcome(), lines, null);
         if (r % 50 === 0) {
           for (let a = 0; a < 1 + (r % 3); a++) {
             insertArtifact.run(uuid, `dist/project-${a}.tar.gz`, 1_000_000 + r, randomUUID().replaceAll('-', '').repeat(2));
@@ -103,10 +102,9 @@ export function buildState(stateDir: string, schedules: number, finished: number
       const uuid = randomUUID();
       const queuedAt = now - 3600_000 + q;
       if (q < queued) {
-        insertRun.run(uuid, name, platform, 'queued', null, null, null, queuedAt, null, null, null, 0);
-        insertQueue.run(uuid, name, platform, q);
+        insertRun.run(uuid, name, platform, 'queued', null, null, null, queuedAt, null, null, null, 0, q);
       } else {
-        insertRun.run(uuid, name, platform, 'running', `worker-${q % 40}`, source, script, queuedAt, queuedAt + 1000, null, null, 0);
+        insertRun.run(uuid, name, platform, 'running', `worker-${q % 40}`, source, script, queuedAt, queuedAt + 1000, null, null, 0, null);
         const file = path.join(stateDir, 'console', uuid.slice(0, 2), `${uuid}.log`);
         fs.mkdirSync(path.dirname(file), { recursive: true });
         fs.writeFileSync(file, Array.from({ length: 2000 }, (_, i) => `${i * 10} o compiling unit ${i} of 2000\n`).join(''));

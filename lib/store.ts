@@ -19,7 +19,7 @@ import type {
  * Numbered migrations; PRAGMA user_version records how many have run. Never edit one that shipped.
  * Most are SQL; one that must compute values SQL cannot (a SHA-256) is a function.
  */
-const MIGRATIONS: (string | ((db: Database.Database) => void))[] = [
+export const MIGRATIONS: readonly (string | ((db: Database.Database) => void))[] = [
   // 1: jobs, queue, runs, artifacts, dropped platforms
   `
   CREATE TABLE jobs (
@@ -131,7 +131,31 @@ const MIGRATIONS: (string | ((db: Database.Database) => void))[] = [
       update.run(JSON.stringify(summariseSource(JSON.parse(row.source) as JobSource)), row.name);
     }
   },
+  `
+  -- The queue is the runs in state 'queued', in the order of their position: no table of its own.
+  -- Taking a run off a separate queue table wrote four pages (the table and its three indexes) on
+  -- top of the run's own, at every start; now a start changes only indexes of runs, and only partial
+  -- ones over the few runs queued or running. A queued run the old queue had lost (none should
+  -- exist) is recorded as cancelled rather than put anywhere.
+  ALTER TABLE runs ADD COLUMN position INTEGER;
+  UPDATE runs SET position = (SELECT position FROM queue WHERE queue.run_uuid = runs.uuid) WHERE state = 'queued';
+  UPDATE runs SET state = 'finished', finished_at = CAST(unixepoch('subsec') * 1000 AS INTEGER),
+    outcome = '{"kind":"cancelled","message":"queued, but missing from the queue when the store was upgraded"}'
+    WHERE state = 'queued' AND position IS NULL;
+  DROP TABLE queue;
+  DROP INDEX runs_state;
+  CREATE INDEX runs_queue ON runs(platform, position) WHERE state = 'queued';
+  CREATE UNIQUE INDEX runs_queued_job ON runs(job) WHERE state = 'queued';
+  CREATE INDEX runs_running ON runs(started_at) WHERE state = 'running';
+  `,
 ];
+
+/** runsInState's query for each state, with the state written in (see there). */
+const RUNS_IN_STATE: Record<RunState, string> = {
+  queued: `SELECT * FROM runs WHERE state = 'queued' ORDER BY started_at, queued_at`,
+  running: `SELECT * FROM runs WHERE state = 'running' ORDER BY started_at, queued_at`,
+  finished: `SELECT * FROM runs WHERE state = 'finished' ORDER BY started_at, queued_at`,
+};
 
 /** What `info` lists for a job's source: a script by its size and SHA-256 (scripts can be large). */
 export function summariseSource(source: JobSource): JobSourceSummary {
@@ -498,26 +522,29 @@ export class Store {
   }
 
   private enqueueLocked(name: string, platform: string, front: boolean, now: number): Enqueued {
-    const waiting = this.sql('SELECT run_uuid FROM queue WHERE job = ?').get(name) as { run_uuid: string } | undefined;
-    const position = (this.sql(`SELECT ${front ? 'MIN(position) - 1' : 'MAX(position) + 1'} AS p FROM queue WHERE platform = ?`)
+    const waiting = this.queuedRunOf(name);
+    const position = (this.sql(`SELECT ${front ? 'MIN(position) - 1' : 'MAX(position) + 1'} AS p FROM runs WHERE platform = ? AND state = 'queued'`)
       .get(platform) as { p: number | null }).p ?? 0;
-    if (waiting !== undefined) {
-      if (front) this.sql('UPDATE queue SET position = ? WHERE run_uuid = ?').run(position, waiting.run_uuid);
-      return { uuid: waiting.run_uuid, job: name, platform, fresh: false };
+    if (waiting !== null) {
+      if (front) this.sql(`UPDATE runs SET position = ? WHERE uuid = ? AND state = 'queued'`).run(position, waiting);
+      return { uuid: waiting, job: name, platform, fresh: false };
     }
     const uuid = randomUUID();
-    this.sql(`INSERT INTO runs (uuid, job, platform, state, queued_at) VALUES (?, ?, ?, 'queued', ?)`).run(uuid, name, platform, now);
-    this.sql('INSERT INTO queue (run_uuid, job, platform, position) VALUES (?, ?, ?, ?)').run(uuid, name, platform, position);
+    this.sql(`INSERT INTO runs (uuid, job, platform, state, queued_at, position) VALUES (?, ?, ?, 'queued', ?, ?)`).run(uuid, name, platform, now, position);
     this.onRunEvent?.('queued', uuid);
     return { uuid, job: name, platform, fresh: true };
   }
 
+  /** The run of job `name` that waits in its queue, if any (there is at most one: runs_queued_job). */
+  private queuedRunOf(name: string): string | null {
+    return (this.sql(`SELECT uuid FROM runs WHERE job = ? AND state = 'queued'`).get(name) as { uuid: string } | undefined)?.uuid ?? null;
+  }
+
   private removeQueued(name: string, message: string, now: number): string | null {
-    const waiting = this.sql('SELECT run_uuid FROM queue WHERE job = ?').get(name) as { run_uuid: string } | undefined;
-    if (waiting === undefined) return null;
-    this.sql('DELETE FROM queue WHERE run_uuid = ?').run(waiting.run_uuid);
-    this.finishLocked(waiting.run_uuid, { kind: 'cancelled', message }, now);
-    return waiting.run_uuid;
+    const waiting = this.queuedRunOf(name);
+    if (waiting === null) return null;
+    this.finishLocked(waiting, { kind: 'cancelled', message }, now);
+    return waiting;
   }
 
   /**
@@ -525,39 +552,39 @@ export class Store {
    * label the worker lacks. A job waiting for a label nobody has does not hold up the jobs behind it.
    */
   nextFor(platform: string, labels: string[]): { uuid: string; job: JobRecord } | null {
-    const row = this.sql(`SELECT q.run_uuid, q.job FROM queue q JOIN jobs j ON j.name = q.job
-      WHERE q.platform = ? AND (j.requires IS NULL OR NOT EXISTS (
+    const row = this.sql(`SELECT q.uuid, q.job FROM runs q JOIN jobs j ON j.name = q.job
+      WHERE q.platform = ? AND q.state = 'queued' AND (j.requires IS NULL OR NOT EXISTS (
         SELECT 1 FROM json_each(j.requires) needed WHERE needed.value NOT IN (SELECT value FROM json_each(?))))
-      ORDER BY q.position LIMIT 1`).get(platform, JSON.stringify(labels)) as { run_uuid: string; job: string } | undefined;
+      ORDER BY q.position LIMIT 1`).get(platform, JSON.stringify(labels)) as { uuid: string; job: string } | undefined;
     if (row === undefined) return null;
     const job = this.getJob(row.job);
-    if (job === null) throw new Error(`queue entry ${row.run_uuid} names job ${row.job}, which does not exist`);
-    return { uuid: row.run_uuid, job };
+    if (job === null) throw new Error(`queued run ${row.uuid} names job ${row.job}, which does not exist`);
+    return { uuid: row.uuid, job };
   }
 
   /** Whether anything waits in a platform's queue (one index probe: dispatch asks it often). */
   hasQueued(platform: string): boolean {
-    return this.sql('SELECT 1 FROM queue WHERE platform = ? LIMIT 1').get(platform) !== undefined;
+    return this.sql(`SELECT 1 FROM runs WHERE platform = ? AND state = 'queued' LIMIT 1`).get(platform) !== undefined;
   }
 
   queues(): Record<string, QueueEntry[]> {
-    const rows = this.sql(`SELECT q.platform, q.run_uuid, q.job, r.queued_at FROM queue q JOIN runs r ON r.uuid = q.run_uuid
-      ORDER BY q.platform, q.position`).all() as { platform: string; run_uuid: string; job: string; queued_at: number }[];
+    const rows = this.sql(`SELECT platform, uuid, job, queued_at FROM runs WHERE state = 'queued'
+      ORDER BY platform, position`).all() as { platform: string; uuid: string; job: string; queued_at: number }[];
     const queues: Record<string, QueueEntry[]> = {};
-    for (const row of rows) (queues[row.platform] ??= []).push({ uuid: row.run_uuid, job: row.job, queuedAt: row.queued_at });
+    for (const row of rows) (queues[row.platform] ??= []).push({ uuid: row.uuid, job: row.job, queuedAt: row.queued_at });
     return queues;
   }
 
   /** The labels each queued job requires, for the jobs that require any. */
   queuedRequirements(): Map<string, string[]> {
-    const rows = this.sql('SELECT j.name, j.requires FROM queue q JOIN jobs j ON j.name = q.job WHERE j.requires IS NOT NULL')
+    const rows = this.sql(`SELECT j.name, j.requires FROM runs q JOIN jobs j ON j.name = q.job WHERE q.state = 'queued' AND j.requires IS NOT NULL`)
       .all() as { name: string; requires: string }[];
     return new Map(rows.map((row) => [row.name, JSON.parse(row.requires) as string[]]));
   }
 
   /** Platforms that have at least one queued run. */
   queuedPlatforms(): string[] {
-    return (this.sql('SELECT DISTINCT platform FROM queue').all() as { platform: string }[]).map((row) => row.platform);
+    return (this.sql(`SELECT DISTINCT platform FROM runs WHERE state = 'queued'`).all() as { platform: string }[]).map((row) => row.platform);
   }
 
   // ---- runs -------------------------------------------------------------------------------------------
@@ -565,9 +592,9 @@ export class Store {
   /** Takes a queued run off its queue and records it as running on `worker` with its rendered script. */
   startRun(uuid: string, worker: string, source: JobSource, script: string, now: number, given: { env?: Env; secretKeys?: string[] } = {}): void {
     this.atomically(() => {
-      if (this.sql('DELETE FROM queue WHERE run_uuid = ?').run(uuid).changes !== 1) throw new Error(`run ${uuid} is not queued`);
-      this.sql(`UPDATE runs SET state = 'running', worker = ?, source = ?, script = ?, started_at = ?, env = ?, secret_keys = ? WHERE uuid = ?`)
-        .run(worker, JSON.stringify(source), script, now, jsonOrNull(given.env), jsonOrNull(given.secretKeys), uuid);
+      const changed = this.sql(`UPDATE runs SET state = 'running', worker = ?, source = ?, script = ?, started_at = ?, env = ?, secret_keys = ?
+        WHERE uuid = ? AND state = 'queued'`).run(worker, JSON.stringify(source), script, now, jsonOrNull(given.env), jsonOrNull(given.secretKeys), uuid).changes;
+      if (changed !== 1) throw new Error(`run ${uuid} is not queued`);
       this.onRunEvent?.('started', uuid);
     });
   }
@@ -599,7 +626,6 @@ export class Store {
   /** Records how a run ended, with its artifacts, in one transaction. */
   finishRun(uuid: string, outcome: Outcome, now: number, artifacts: Artifact[] = [], consoleLines = 0): void {
     this.atomically(() => {
-      this.sql('DELETE FROM queue WHERE run_uuid = ?').run(uuid);
       // Artifacts first: the run's `finished` event (a webhook) lists them.
       const insert = this.sql('INSERT INTO artifacts (run_uuid, path, size, sha256) VALUES (?, ?, ?, ?)');
       for (const artifact of artifacts) insert.run(uuid, artifact.path, artifact.size, artifact.sha256);
@@ -727,7 +753,7 @@ export class Store {
   /** Cancels a queued run. Returns false if it was not queued. */
   cancelQueued(uuid: string, message: string, now: number): boolean {
     return this.atomically(() => {
-      if (this.sql('DELETE FROM queue WHERE run_uuid = ?').run(uuid).changes === 0) return false;
+      if (this.sql(`SELECT 1 FROM runs WHERE uuid = ? AND state = 'queued'`).get(uuid) === undefined) return false;
       this.finishLocked(uuid, { kind: 'cancelled', message }, now);
       return true;
     });
@@ -821,12 +847,10 @@ export class Store {
   }
 
   runsInState(state: RunState): RunSummary[] {
-    // The redundant `state != 'finished'` is what lets SQLite use the partial index runs_state (it
-    // uses a partial index only when the query repeats its condition): a probe of the few queued and
-    // running runs instead of a scan of the whole history, at every start and every info.
-    const sql = state === 'finished' ? 'SELECT * FROM runs WHERE state = ? ORDER BY started_at, queued_at'
-      : "SELECT * FROM runs WHERE state = ? AND state != 'finished' ORDER BY started_at, queued_at";
-    return (this.sql(sql).all(state) as RunRow[]).map(toRun);
+    // The state is written into the SQL, not bound: SQLite uses a partial index (runs_queue,
+    // runs_running) only when the query states its condition, and a probe of the few queued or
+    // running runs is what info and every start need, not a scan of the whole history.
+    return (this.sql(RUNS_IN_STATE[state]).all() as RunRow[]).map(toRun);
   }
 
   artifactsOf(uuid: string): Artifact[] {
@@ -848,12 +872,10 @@ export class Store {
     return this.atomically(() => {
       const already = this.isDropped(platform);
       this.sql('INSERT OR IGNORE INTO dropped_platforms (platform) VALUES (?)').run(platform);
-      const waiting = this.sql('SELECT run_uuid FROM queue WHERE platform = ?').all(platform) as { run_uuid: string }[];
-      for (const { run_uuid } of waiting) {
-        this.sql('DELETE FROM queue WHERE run_uuid = ?').run(run_uuid);
-        this.finishLocked(run_uuid, { kind: 'cancelled', message: `platform ${platform} dropped` }, now);
-      }
-      return { already, cancelled: waiting.map((row) => row.run_uuid) };
+      const waiting = (this.sql(`SELECT uuid FROM runs WHERE platform = ? AND state = 'queued' ORDER BY position`).all(platform) as { uuid: string }[])
+        .map((row) => row.uuid);
+      for (const uuid of waiting) this.finishLocked(uuid, { kind: 'cancelled', message: `platform ${platform} dropped` }, now);
+      return { already, cancelled: waiting };
     });
   }
 

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { thrown } from './unit-helpers.js';
-import { type JobRecord, Store, StoreError } from '../lib/store.js';
+import { type JobRecord, MIGRATIONS, Store, StoreError } from '../lib/store.js';
 import type { Artifact, JobSource, Period } from '../protocol/types.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -53,6 +53,17 @@ function put(store: Store, record: JobRecord, now = 10): string {
   return enqueued.uuid;
 }
 
+/** A raw database at schema `version`, made by the migrations as they shipped up to it. */
+function databaseAtVersion(version: number): Database.Database {
+  const raw = new Database(file);
+  for (const migration of MIGRATIONS.slice(0, version)) {
+    if (typeof migration === 'string') raw.exec(migration);
+    else migration(raw);
+  }
+  raw.pragma(`user_version = ${version}`);
+  return raw;
+}
+
 function order(store: Store, platform = 'debian-12'): string[] {
   return (store.queues()[platform] ?? []).map((entry) => entry.job);
 }
@@ -75,14 +86,14 @@ afterEach(() => {
 });
 
 describe('opening and migrations', () => {
-  it('runs the migrations on a new file and sets user_version to their number (5), in incremental auto-vacuum mode', () => {
+  it('runs the migrations on a new file and sets user_version to their number (6), in incremental auto-vacuum mode', () => {
     const store = openStore();
-    expect(store.schemaVersion).toBe(5);
-    expect(store.db.pragma('user_version', { simple: true })).toBe(5);
+    expect(store.schemaVersion).toBe(6);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(6);
     expect(store.db.pragma('auto_vacuum', { simple: true })).toBe(2);
     const tables = (store.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[])
       .map((row) => row.name);
-    expect(tables).toEqual(['artifacts', 'deliveries', 'dropped_platforms', 'garbage', 'job_secrets', 'jobs', 'queue', 'runs']);
+    expect(tables).toEqual(['artifacts', 'deliveries', 'dropped_platforms', 'garbage', 'job_secrets', 'jobs', 'runs']);
     expect(fs.existsSync(file)).toBe(true);
   });
 
@@ -129,19 +140,19 @@ describe('opening and migrations', () => {
     const uuid = put(first, job('nightly'));
     closeStore(first);
     const second = openStore();
-    expect(second.schemaVersion).toBe(5);
+    expect(second.schemaVersion).toBe(6);
     expect(second.getJob('nightly')?.name).toBe('nightly');
     expect(second.getRun(uuid)?.state).toBe('queued');
   });
 
-  it('does not re-run migrations on a database that has user_version 5', () => {
-    // A database claiming to be at version 5 but without any tables: if the store ran the migrations
+  it('does not re-run migrations on a database that has user_version 6', () => {
+    // A database claiming to be at version 6 but without any tables: if the store ran the migrations
     // again the tables would appear.
     const raw = new Database(file);
-    raw.pragma('user_version = 5');
+    raw.pragma('user_version = 6');
     raw.close();
     const store = openStore();
-    expect(store.schemaVersion).toBe(5);
+    expect(store.schemaVersion).toBe(6);
     expect(store.db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table'").get()).toEqual({ n: 0 });
   });
 
@@ -153,7 +164,7 @@ describe('opening and migrations', () => {
     const error = thrown(() => new Store(file));
     expect(error).toBeInstanceOf(Error);
     expect((error as Error).message).toBe(
-      'the state database has schema version 7, newer than this builder-server knows (5); run a newer builder-server',
+      'the state database has schema version 7, newer than this builder-server knows (6); run a newer builder-server',
     );
     const check = new Database(file);
     expect(check.pragma('user_version', { simple: true })).toBe(7);
@@ -162,21 +173,57 @@ describe('opening and migrations', () => {
   });
 
   it('migration 5 stores the source summary info lists for the jobs a version 4 database already has', () => {
-    const first = openStore();
-    put(first, { ...job('scripted'), source: { kind: 'script', script: 'echo héllo\n' } });
-    put(first, { ...job('templated'), source: { kind: 'template', template: 'debian-package', vars: { repo: 'https://example.org/r.git' } } });
-    closeStore(first);
-    // Back to what version 4 had: no source_summary column.
-    const raw = new Database(file);
-    raw.exec('ALTER TABLE jobs DROP COLUMN source_summary');
-    raw.pragma('user_version = 4');
+    const raw = databaseAtVersion(4);
+    const insert = raw.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, created_at) VALUES (?, 'debian-12', ?, '{"kind":"never"}', NULL, NULL, 1)`);
+    insert.run('scripted', JSON.stringify({ kind: 'script', script: 'echo héllo\n' }));
+    insert.run('templated', JSON.stringify({ kind: 'template', template: 'debian-package', vars: { repo: 'https://example.org/r.git' } }));
     raw.close();
     const store = openStore();
-    expect(store.schemaVersion).toBe(5);
+    expect(store.schemaVersion).toBe(6);
     expect(store.jobInfos(new Map()).map((info) => [info.name, info.source])).toEqual([
       ['scripted', { kind: 'script', bytes: 12, sha256: crypto.createHash('sha256').update('echo héllo\n').digest('hex') }],
       ['templated', { kind: 'template', template: 'debian-package', vars: { repo: 'https://example.org/r.git' } }],
     ]);
+  });
+
+  it('migration 6 keeps each queue in its order as runs, and cancels a queued run the old queue table had lost', () => {
+    const raw = databaseAtVersion(5);
+    const insertJob = raw.prepare(`INSERT INTO jobs (name, platform, source, period, next_due, timeout_s, created_at) VALUES (?, ?, '{"kind":"script","script":"true"}', '{"kind":"never"}', NULL, NULL, 1)`);
+    const insertRun = raw.prepare(`INSERT INTO runs (uuid, job, platform, state, queued_at, started_at, worker, finished_at, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+    const insertQueue = raw.prepare('INSERT INTO queue (run_uuid, job, platform, position) VALUES (?, ?, ?, ?)');
+    const uuid = (n: number): string => `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`;
+    // Queued in the order b, a, c on debian-12 (b was put at the front: a negative position), d on
+    // freebsd-14; e is queued but has no queue row; f runs; g finished.
+    for (const [n, name, platform, position] of [[1, 'a', 'debian-12', 0], [2, 'b', 'debian-12', -1], [3, 'c', 'debian-12', 1], [4, 'd', 'freebsd-14', 0]] as const) {
+      insertJob.run(name, platform);
+      insertRun.run(uuid(n), name, platform, 'queued', 100 + n, null, null, null, null);
+      insertQueue.run(uuid(n), name, platform, position);
+    }
+    for (const name of ['e', 'f', 'g']) insertJob.run(name, 'debian-12');
+    insertRun.run(uuid(5), 'e', 'debian-12', 'queued', 105, null, null, null, null);
+    insertRun.run(uuid(6), 'f', 'debian-12', 'running', 106, 200, 'w1', null, null);
+    insertRun.run(uuid(7), 'g', 'debian-12', 'finished', 107, 200, 'w1', 300, '{"kind":"exited","code":0}');
+    raw.close();
+
+    const store = openStore();
+    expect(store.schemaVersion).toBe(6);
+    expect(store.integrityCheck()).toBe('ok');
+    expect(order(store)).toEqual(['b', 'a', 'c']);
+    expect(order(store, 'freebsd-14')).toEqual(['d']);
+    expect(store.queuedPlatforms().sort()).toEqual(['debian-12', 'freebsd-14']);
+    const lost = store.getRun(uuid(5));
+    expect(lost?.state).toBe('finished');
+    expect(lost?.outcome).toEqual({ kind: 'cancelled', message: 'queued, but missing from the queue when the store was upgraded' });
+    expect(store.runsInState('running').map((run) => run.uuid)).toEqual([uuid(6)]);
+    expect(store.runsInState('queued').map((run) => run.uuid)).toEqual([uuid(1), uuid(2), uuid(3), uuid(4)]);
+    expect(store.getRun(uuid(7))?.outcome).toEqual({ kind: 'exited', code: 0 });
+    // The queue goes on from the positions it had: the front before b, the back after c, and a job
+    // already waiting is not queued twice.
+    expect(store.enqueue('e', true, 400).fresh).toBe(true);
+    expect(store.enqueue('g', false, 400).fresh).toBe(true);
+    expect(store.enqueue('a', false, 400)).toEqual({ uuid: uuid(1), job: 'a', platform: 'debian-12', fresh: false });
+    expect(order(store)).toEqual(['e', 'b', 'a', 'c', 'g']);
+    expect(store.nextFor('debian-12', [])?.job.name).toBe('e');
   });
 
   it('integrityCheck() says ok', () => {
