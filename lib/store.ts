@@ -552,14 +552,13 @@ export class Store {
    * label the worker lacks. A job waiting for a label nobody has does not hold up the jobs behind it.
    */
   nextFor(platform: string, labels: string[]): { uuid: string; job: JobRecord } | null {
-    const row = this.sql(`SELECT q.uuid, q.job FROM runs q JOIN jobs j ON j.name = q.job
+    // The job's row comes with its run (one statement per start, not two). A queued run always has
+    // its job: deleting a job cancels its queued run in the same transaction.
+    const row = this.sql(`SELECT q.uuid AS run_uuid, j.* FROM runs q JOIN jobs j ON j.name = q.job
       WHERE q.platform = ? AND q.state = 'queued' AND (j.requires IS NULL OR NOT EXISTS (
         SELECT 1 FROM json_each(j.requires) needed WHERE needed.value NOT IN (SELECT value FROM json_each(?))))
-      ORDER BY q.position LIMIT 1`).get(platform, JSON.stringify(labels)) as { uuid: string; job: string } | undefined;
-    if (row === undefined) return null;
-    const job = this.getJob(row.job);
-    if (job === null) throw new Error(`queued run ${row.uuid} names job ${row.job}, which does not exist`);
-    return { uuid: row.uuid, job };
+      ORDER BY q.position LIMIT 1`).get(platform, JSON.stringify(labels)) as (JobRow & { run_uuid: string }) | undefined;
+    return row === undefined ? null : { uuid: row.run_uuid, job: toJob(row) };
   }
 
   /** Whether anything waits in a platform's queue (one index probe: dispatch asks it often). */
