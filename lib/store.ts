@@ -137,7 +137,7 @@ export const MIGRATIONS: readonly (string | ((db: Database.Database) => void))[]
   -- top of the run's own, at every start; now a start changes only indexes of runs, and only partial
   -- ones over the few runs queued or running. A queued run the old queue had lost (none should
   -- exist) is recorded as cancelled rather than put anywhere.
-  ALTER TABLE runs ADD COLUMN position INTEGER;
+  ALTER TABLE runs ADD COLUMN position INTEGER;  -- its place in its platform's queue; NULL once it leaves
   UPDATE runs SET position = (SELECT position FROM queue WHERE queue.run_uuid = runs.uuid) WHERE state = 'queued';
   UPDATE runs SET state = 'finished', finished_at = CAST(unixepoch('subsec') * 1000 AS INTEGER),
     outcome = '{"kind":"cancelled","message":"queued, but missing from the queue when the store was upgraded"}'
@@ -591,7 +591,7 @@ export class Store {
   /** Takes a queued run off its queue and records it as running on `worker` with its rendered script. */
   startRun(uuid: string, worker: string, source: JobSource, script: string, now: number, given: { env?: Env; secretKeys?: string[] } = {}): void {
     this.atomically(() => {
-      const changed = this.sql(`UPDATE runs SET state = 'running', worker = ?, source = ?, script = ?, started_at = ?, env = ?, secret_keys = ?
+      const changed = this.sql(`UPDATE runs SET state = 'running', position = NULL, worker = ?, source = ?, script = ?, started_at = ?, env = ?, secret_keys = ?
         WHERE uuid = ? AND state = 'queued'`).run(worker, JSON.stringify(source), script, now, jsonOrNull(given.env), jsonOrNull(given.secretKeys), uuid).changes;
       if (changed !== 1) throw new Error(`run ${uuid} is not queued`);
       this.onRunEvent?.('started', uuid);
@@ -633,7 +633,7 @@ export class Store {
   }
 
   private finishLocked(uuid: string, outcome: Outcome, now: number, consoleLines = 0): void {
-    const changed = this.sql(`UPDATE runs SET state = 'finished', outcome = ?, finished_at = ?, console_lines = ?
+    const changed = this.sql(`UPDATE runs SET state = 'finished', position = NULL, outcome = ?, finished_at = ?, console_lines = ?
       WHERE uuid = ? AND state != 'finished'`).run(JSON.stringify(outcome), now, consoleLines, uuid).changes;
     if (changed !== 1) throw new StoreError(`run ${uuid} is not queued or running`);
     const job = (this.sql('SELECT job FROM runs WHERE uuid = ?').get(uuid) as { job: string }).job;

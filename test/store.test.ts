@@ -226,6 +226,36 @@ describe('opening and migrations', () => {
     expect(store.nextFor('debian-12', [])?.job.name).toBe('e');
   });
 
+  it('has exactly the indexes on runs that the queue and info need, and its queue queries use the partial ones', () => {
+    const indexes = (store: Store): string[] => (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'
+      AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name`).all() as { name: string }[]).map((row) => row.name);
+    const plan = (store: Store, sql: string): string => (store.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[])
+      .map((row) => row.detail).join('; ');
+    const expected = ['runs_job', 'runs_job_finished', 'runs_queue', 'runs_queued_at', 'runs_queued_job', 'runs_running'];
+    const fresh = openStore();
+    expect(indexes(fresh)).toEqual(expected);
+    closeStore(fresh);
+    fs.rmSync(file);
+    // The same after migration 6 from version 5 (runs_state gone).
+    databaseAtVersion(5).close();
+    const migrated = openStore();
+    expect(indexes(migrated)).toEqual(expected);
+    // A partial index is used only when a query states its condition: these must never scan the history.
+    expect(plan(migrated, `SELECT 1 FROM runs WHERE platform = 'p' AND state = 'queued' LIMIT 1`)).toContain('runs_queue');
+    expect(plan(migrated, `SELECT uuid FROM runs WHERE job = 'j' AND state = 'queued'`)).toContain('runs_queued_job');
+    expect(plan(migrated, `SELECT * FROM runs WHERE state = 'running' ORDER BY started_at, queued_at`)).toContain('runs_running');
+  });
+
+  it('a run leaves its queue position behind when it starts, or is cancelled while queued', () => {
+    const store = openStore();
+    const started = put(store, job('started'));
+    const cancelled = put(store, job('cancelled'));
+    store.startRun(started, 'w1', SCRIPT, 'make test', 20);
+    expect(store.cancelQueued(cancelled, 'no longer wanted', 30)).toBe(true);
+    const positions = store.db.prepare('SELECT uuid, position FROM runs ORDER BY uuid').all() as { uuid: string; position: number | null }[];
+    expect(positions.map((row) => row.position)).toEqual([null, null]);
+  });
+
   it('integrityCheck() says ok', () => {
     const store = openStore();
     put(store, job('a'));
