@@ -17,7 +17,8 @@ import type {
 
 /**
  * Numbered migrations; PRAGMA user_version records how many have run. Never edit one that shipped.
- * Most are SQL; one that must compute values SQL cannot (a SHA-256) is a function.
+ * Most are SQL; one that must compute values SQL cannot (a SHA-256) is a function. Exported for the
+ * tests, which build a database as each version left it and migrate it from there.
  */
 export const MIGRATIONS: readonly (string | ((db: Database.Database) => void))[] = [
   // 1: jobs, queue, runs, artifacts, dropped platforms
