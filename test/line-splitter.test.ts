@@ -1,6 +1,6 @@
 /** The worker's line splitter: newlines, partial lines, long lines, UTF-8 cut between chunks. */
 import { describe, expect, it } from 'vitest';
-import { LineSplitter, MAX_LINE_CHARS } from '../lib/line-splitter.js';
+import { LineSplitter, MAX_LINE_CHARS, hasLineLongerThan } from '../lib/line-splitter.js';
 import { chunkLines } from '../protocol/console-chunks.js';
 import type { ConsoleChunk } from '../protocol/types.js';
 
@@ -55,6 +55,27 @@ describe('LineSplitter', () => {
     expect(texts().map((text) => text.length)).toEqual([1, MAX_LINE_CHARS, MAX_LINE_CHARS, 1, MAX_LINE_CHARS]);
     splitter.end();
     expect(texts().map((text) => text.length)).toEqual([1, MAX_LINE_CHARS, MAX_LINE_CHARS, 1, MAX_LINE_CHARS, 3]);
+  });
+
+  it('finds a line longer than the maximum wherever it lies among short ones, and none where there is none', () => {
+    const max = 10;
+    const short = 'abcd\n'.repeat(20);
+    expect(hasLineLongerThan(short, max)).toBe(false);
+    expect(hasLineLongerThan('x'.repeat(max), max)).toBe(false);
+    expect(hasLineLongerThan('x'.repeat(max + 1), max)).toBe(true);
+    // Exactly max long is kept; max + 1 is found at every offset, across the stretches' edges.
+    for (let at = 0; at <= short.length; at++) {
+      expect(hasLineLongerThan(`${short.slice(0, at)}\n${'y'.repeat(max)}\n${short.slice(at)}`, max)).toBe(false);
+      expect(hasLineLongerThan(`${short.slice(0, at)}\n${'y'.repeat(max + 1)}\n${short.slice(at)}`, max)).toBe(true);
+    }
+    expect(hasLineLongerThan(`${short}${'z'.repeat(max + 1)}`, max)).toBe(true);
+  });
+
+  it('sends a read of many short lines longer than the maximum in all as it came', () => {
+    const { splitter, chunks } = collector();
+    const lines = `${'0123456789abcdef'.repeat(3)}\n`.repeat(Math.ceil((MAX_LINE_CHARS * 2) / 49));
+    splitter.push(Buffer.from(lines));
+    expect(chunks.map((chunk) => chunk.text)).toEqual([lines.slice(0, -1)]);
   });
 
   it('sends a partial line once the stream has been quiet, and the rest as its own line', async () => {
