@@ -6,6 +6,7 @@
  */
 import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
+import { lineStats } from '../protocol/console-chunks.js';
 import type { ConsoleChunk } from '../protocol/types.js';
 
 export const MAX_LINE_CHARS = 64 * 1024;
@@ -108,15 +109,8 @@ export function hasLineLongerThan(text: string, max: number): boolean {
   const step = Math.max(1, Math.floor(max / 2));
   for (let from = 0; from + step <= text.length; from += step) {
     const newline = text.indexOf('\n', from);
-    if (newline < 0 || newline >= from + step) {
-      // A stretch without a newline: a long line is possible here; look at the lines exactly.
-      let start = 0;
-      for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', start)) {
-        if (nl - start > max) return true;
-        start = nl + 1;
-      }
-      return text.length - start > max;
-    }
+    // A stretch without a newline: a long line is possible here; look at the lines exactly.
+    if (newline < 0 || newline >= from + step) return lineStats(text).longest > max;
   }
   return false;
 }
