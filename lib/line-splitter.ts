@@ -102,7 +102,7 @@ export class LineSplitter {
  * Whether a line of `text` (lines joined by \n) is longer than `max`, in a few native scans: a line
  * that long covers a whole stretch [k·step, (k+1)·step) with step = ⌊max/2⌋, so when each such
  * stretch holds a newline, none is. A fast console's read of 64 KiB holds two or three stretches;
- * cutting it into its thousands of lines to look at each was a tenth of the worker's time.
+ * cutting it into its thousands of lines to look at each took 20 ms per 2 million lines.
  */
 export function hasLineLongerThan(text: string, max: number): boolean {
   if (text.length <= max) return false;
