@@ -404,12 +404,11 @@ export class Dispatcher {
   /**
    * The dispatch pass itself, inside the caller's transaction: starts queued runs of `platform` on its
    * waiting workers, in the order they asked; each gets the first run whose job requires no label it
-   * lacks.
+   * lacks. Callers have seen that something is queued; the pass stops once nothing is.
    */
   private startWaiting(platform: string, starts: Start[], failed: RunSummary[]): void {
     const { store } = this.context;
     for (const worker of this.waiting.get(platform) ?? []) {
-      if (!store.hasQueued(platform)) return;
       if (worker.conn.isClosed) continue;
       for (;;) {
         const next = store.nextFor(platform, worker.labels);
@@ -420,6 +419,7 @@ export class Dispatcher {
           break;
         }
       }
+      if (!store.hasQueued(platform)) return;
     }
   }
 
