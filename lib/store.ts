@@ -653,13 +653,10 @@ export class Store {
     if (keep <= 0) return 0;
     const old = this.sql(`SELECT uuid FROM runs WHERE job = ? AND state = 'finished' AND uuid IS NOT ?
       ORDER BY finished_at DESC, rowid DESC LIMIT -1 OFFSET ?`).all(job, spare, spare === null ? keep : keep - 1) as { uuid: string }[];
-    const garbage = this.sql('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
-    if (old.length > 0) this.garbageMaybe = true;
     for (const { uuid } of old) {
-      for (const { sha256 } of this.sql('SELECT DISTINCT sha256 FROM artifacts WHERE run_uuid = ?').all(uuid) as { sha256: string }[]) {
-        garbage.run('artifact', sha256);
-      }
-      garbage.run('console', uuid);
+      this.listGarbage('artifact', (this.sql('SELECT DISTINCT sha256 FROM artifacts WHERE run_uuid = ?').all(uuid) as { sha256: string }[])
+        .map((row) => row.sha256));
+      this.listGarbage('console', [uuid]);
       this.sql('DELETE FROM artifacts WHERE run_uuid = ?').run(uuid);
       this.sql('DELETE FROM deliveries WHERE run_uuid = ?').run(uuid);
       this.sql('DELETE FROM runs WHERE uuid = ?').run(uuid);
@@ -703,9 +700,15 @@ export class Store {
 
   /** Lists files to delete once no run references them (artifacts of an upload that was refused). */
   addGarbage(kind: 'artifact' | 'console', names: string[]): void {
-    if (names.length > 0) this.garbageMaybe = true;
+    this.atomically(() => this.listGarbage(kind, names));
+  }
+
+  /** Lists files for collectGarbage() inside the caller's transaction (and so tells garbage() to look). */
+  private listGarbage(kind: 'artifact' | 'console', names: string[]): void {
+    if (names.length === 0) return;
+    this.garbageMaybe = true;
     const insert = this.sql('INSERT OR IGNORE INTO garbage (kind, name) VALUES (?, ?)');
-    this.atomically(() => { for (const name of names) insert.run(kind, name); });
+    for (const name of names) insert.run(kind, name);
   }
 
   /** Forgets garbage entries whose files are gone (or, for a hash in use again, were kept). */
