@@ -3,7 +3,8 @@
  * event loop with the server or with beanstalkd's clients:
  *
  *   node dispatch-workers.js builder ADDRESS K COUNT   K real workers (lib/worker.ts) in --loop mode
- *                                                      with a sandbox that runs nothing
+ *                                                      with a sandbox that runs nothing (against our
+ *                                                      server, or dispatch-floor.js's worker floor)
  *   node dispatch-workers.js beanstalk PORT K COUNT    K connections doing reserve → delete
  *   node dispatch-workers.js floor PORT K COUNT        K connections sending a `finished` frame and
  *                                                      waiting for the job frame (dispatch-floor.js)
