@@ -130,7 +130,8 @@ function parseVars(list: string[]): Record<string, string> {
   return vars;
 }
 
-const cli = yargs(hideBin(process.argv));
+const args = hideBin(process.argv);
+const cli = yargs(args);
 // yargs renders the whole help text each time a command's handler starts, to show it should the
 // handler fail later. Our .fail() never shows help, and rendering it took a sixth of the client's
 // start-up (see BENCHMARKS.md): skipped, through yargs' internal API when it is there.
@@ -154,9 +155,13 @@ await withConfig(cli, PROGRAM, CLIENT_CONFIG)
     (y) => scheduleOptions(y.positional('name', { type: 'string', demandOption: true })
       .positional('platform', { type: 'string', demandOption: true }).positional('script', { type: 'string', demandOption: true, describe: 'script file, - for stdin' })),
     (argv) => {
+      // yargs hands a lone `-` to a positional as '' (yargs/yargs#1312): the raw arguments tell
+      // "read stdin" from an empty file name (an unset shell variable), which is refused.
+      const stdin = argv.script === '-' || (argv.script === '' && args.includes('-'));
+      if (argv.script === '' && !stdin) return usageError(PROGRAM, 'the script file name is empty: give a file, or - to read the script from stdin');
       let script: string;
       try {
-        script = fs.readFileSync(argv.script === '-' ? 0 : argv.script, 'utf8');
+        script = fs.readFileSync(stdin ? 0 : argv.script, 'utf8');
       } catch (error) {
         return usageError(PROGRAM, `cannot read script file ${argv.script}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
       }

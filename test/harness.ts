@@ -54,11 +54,14 @@ export class Proc {
 
 const running = new Set<Proc>();
 
-export function startProcess(script: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
+/** Starts one of builder's programs; `input`, when given, is its whole stdin (otherwise it has none). */
+export function startProcess(script: string, args: string[], env: NodeJS.ProcessEnv = {}, input?: string): Proc {
   // No config file of this machine's (/etc/builder, ~/.config/builder) reaches the tests.
   const child = spawn(process.execPath, [path.join(BIN, script), ...args], {
-    env: { ...process.env, BUILDER_REMOTE: undefined, BUILDER_CONFIG: undefined, BUILDER_CONFIG_DIRS: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, BUILDER_REMOTE: undefined, BUILDER_CONFIG: undefined, BUILDER_CONFIG_DIRS: '', ...env },
+    stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
+  child.stdin?.end(input);
   const proc = new Proc(child);
   running.add(proc);
   void proc.exit.then(() => running.delete(proc));
@@ -103,9 +106,9 @@ export interface Result {
   stderr: string;
 }
 
-/** Runs builder-client to completion. */
-export async function client(server: { address: string } | null, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Result> {
-  const proc = startProcess('builder-client.js', server === null ? args : ['--remote', server.address, ...args], env);
+/** Runs builder-client to completion (with `input` as its stdin, if given). */
+export async function client(server: { address: string } | null, args: string[], env: NodeJS.ProcessEnv = {}, input?: string): Promise<Result> {
+  const proc = startProcess('builder-client.js', server === null ? args : ['--remote', server.address, ...args], env, input);
   const { code } = await proc.exit;
   return { code, stdout: proc.stdout, stderr: proc.stderr };
 }

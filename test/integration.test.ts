@@ -149,6 +149,22 @@ describe('schedule → run → observe → fetch', () => {
     expect(raw.code).toBe(3);
   });
 
+  it('schedules a script read from stdin with -, before or after the options', async () => {
+    for (const [name, args] of [['from-stdin', ['-', '--period', 'never']], ['from-stdin-2', ['--period', 'never', '-']]] as const) {
+      const scheduled = await client(server, ['schedule', name, PLATFORM, ...args], {}, `echo "read from stdin by ${name}"\n`);
+      expect(scheduled.code).toBe(0);
+      const uuid = scheduled.stdout.trim();
+      expect(scheduled.stderr).toBe(`scheduled ${name} (never); queued run ${uuid}\n`);
+      expect((await startWorker(server, [], PLATFORM, dir).exit).code).toBe(0);
+      expect((await show(server, uuid)).outcome).toEqual({ kind: 'exited', code: 0 });
+      expect((await client(server, ['observe', uuid, '--raw'])).stdout).toBe(`read from stdin by ${name}\n`);
+    }
+    // An empty file name (an unset variable) is not taken for stdin.
+    const empty = await client(server, ['schedule', 'empty-name', PLATFORM, ''], {}, 'echo never\n');
+    expect(empty).toEqual({ code: 1, stdout: '', stderr: 'builder-client: the script file name is empty: give a file, or - to read the script from stdin\n' });
+    expect((await json<{ jobs: { name: string }[] }>(server, ['info'])).jobs.map((job) => job.name)).not.toContain('empty-name');
+  });
+
   it('kills a job that runs over its timeout, whole process group included', async () => {
     const marker = path.join(dir, 'timeout-child-survived');
     const uuid = await scheduleScript(server, dir, 'slow', `(sleep 3; touch ${marker}) &\necho started\nsleep 30\n`, ['--timeout', '1s']);
