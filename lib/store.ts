@@ -634,12 +634,12 @@ export class Store {
   }
 
   private finishLocked(uuid: string, outcome: Outcome, now: number, consoleLines = 0): void {
-    const changed = this.sql(`UPDATE runs SET state = 'finished', position = NULL, outcome = ?, finished_at = ?, console_lines = ?
-      WHERE uuid = ? AND state != 'finished'`).run(JSON.stringify(outcome), now, consoleLines, uuid).changes;
-    if (changed !== 1) throw new StoreError(`run ${uuid} is not queued or running`);
-    const job = (this.sql('SELECT job FROM runs WHERE uuid = ?').get(uuid) as { job: string }).job;
+    // The run's job comes back from the update itself, not from a second lookup of the same row.
+    const finished = this.sql(`UPDATE runs SET state = 'finished', position = NULL, outcome = ?, finished_at = ?, console_lines = ?
+      WHERE uuid = ? AND state != 'finished' RETURNING job`).get(JSON.stringify(outcome), now, consoleLines, uuid) as { job: string } | undefined;
+    if (finished === undefined) throw new StoreError(`run ${uuid} is not queued or running`);
     this.onRunEvent?.('finished', uuid);
-    this.pruneLocked(job, uuid);
+    this.pruneLocked(finished.job, uuid);
   }
 
   /**
